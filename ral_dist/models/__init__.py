@@ -1,0 +1,35 @@
+"""VLM family adapters: one interface (`VLMAdapter`), one implementation per family."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ral_dist.models.base import PromptBatch, VisualPrompt, VLMAdapter, append_response
+from ral_dist.models.idefics3 import Idefics3Adapter
+from ral_dist.models.qwen_vl import QwenVLAdapter
+
+ADAPTERS = {
+    "qwen2_5_vl": lambda: QwenVLAdapter("2.5"),
+    "qwen2_vl": lambda: QwenVLAdapter("2"),
+    "idefics3": Idefics3Adapter,
+}
+
+
+def get_adapter(family: str) -> VLMAdapter:
+    """The adapter of a family name (``qwen2_5_vl``, ``qwen2_vl``, ``idefics3``)."""
+    if family not in ADAPTERS:
+        raise ValueError(f"unknown model family {family!r}; known: {sorted(ADAPTERS)}")
+    return ADAPTERS[family]()
+
+
+def adapter_for_checkpoint(path: str | Path) -> VLMAdapter:
+    """The adapter of a saved checkpoint, from the ``model_type`` in its ``config.json``."""
+    config_file = Path(path) / "config.json"
+    if not config_file.exists():
+        raise FileNotFoundError(f"{path} is not a Hugging Face checkpoint (no config.json)")
+    return get_adapter(json.loads(config_file.read_text())["model_type"])
+
+
+__all__ = ["ADAPTERS", "PromptBatch", "VLMAdapter", "VisualPrompt", "adapter_for_checkpoint", "append_response",
+           "get_adapter"]

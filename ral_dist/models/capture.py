@@ -1,0 +1,137 @@
+"""Capture of the attention policy of RAL.md §1 from the last decoder layer of the language model.
+
+Every layer keeps SDPA. We register one attention function, ``ral_sdpa``, that is plain SDPA for every module
+except the one module a capture is armed on (the last LM layer's ``self_attn``): there it also computes the
+head-averaged probabilities for the requested query rows only — ``q_rows · K^T`` in chunks of rows, never the
+full ``T x T`` of every layer — drops the diagonal and renormalises over the earlier, non-padding keys.
+
+Works with and without grad: under ``torch.no_grad`` (rollout, teacher) the result is a plain tensor; in the
+learner the probabilities stay in the graph, so the RAL loss back-propagates through the last layer's q and k.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+ATTN_IMPLEMENTATION = "ral_sdpa"
+RowAlignment = Literal["paper", "sampling"]
+
+
+@dataclass
+class CaptureRequest:
+    """What to capture in one forward pass, and (after it) the result.
+
+    rows:      [B, R] query positions (indices into the sequence); -1 marks a row to skip.
+    key_mask:  [B, T] True for real (non-padding) keys.
+    policy:    [B, R, T] fp32 after the forward; row b,r is p^t over keys j < t (zeros elsewhere and on
+               skipped rows).
+    """
+
+    rows: torch.Tensor
+    key_mask: torch.Tensor
+    chunk_rows: int = 64
+    policy: torch.Tensor | None = None
+
+
+def _ral_sdpa(module: nn.Module, query, key, value, attention_mask, **kwargs):
+    out, _ = sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    request = module.__dict__.get("_ral_capture")
+    if request is not None:
+        scaling = kwargs.get("scaling") or module.scaling
+        request.policy = rows_attention_policy(query, key, request.rows, request.key_mask, scaling,
+                                               request.chunk_rows)
+    return out, None
+
+
+AttentionInterface.register(ATTN_IMPLEMENTATION, _ral_sdpa)
+AttentionMaskInterface.register(ATTN_IMPLEMENTATION, sdpa_mask)
+
+
+def rows_attention_policy(query: torch.Tensor, key: torch.Tensor, rows: torch.Tensor, key_mask: torch.Tensor,
+                          scaling: float, chunk_rows: int = 64) -> torch.Tensor:
+    """Head-averaged attention probabilities of selected query rows, diagonal dropped and renormalised.
+
+    query [B, H, T, d] and key [B, Hkv, T, d] are post-RoPE (GQA: H = Hkv * G, no K repeat is materialised).
+    Returns [B, R, T] fp32.
+    """
+    bsz, n_heads, seq, dim = query.shape
+    n_kv = key.shape[1]
+    groups = n_heads // n_kv
+    valid_row = rows >= 0
+    safe_rows = rows.clamp(min=0)
+    key_t = key.float().transpose(-1, -2)  # [B, Hkv, d, T]
+    positions = torch.arange(seq, device=query.device)
+    out = []
+    for start in range(0, rows.shape[1], chunk_rows):
+        r = safe_rows[:, start : start + chunk_rows]  # [B, r]
+        q = query.gather(2, r[:, None, :, None].expand(bsz, n_heads, r.shape[1], dim)).float()
+        q = q.view(bsz, n_kv, groups * r.shape[1], dim)
+        scores = (q @ key_t * scaling).view(bsz, n_kv, groups, r.shape[1], seq)
+        causal = positions[None, None, :] <= r[:, :, None]  # [B, r, T], self included (softmax as the model)
+        allowed = causal & key_mask[:, None, :].bool()
+        scores = scores.masked_fill(~allowed[:, None, None], float("-inf"))
+        probs = torch.softmax(scores, dim=-1).nan_to_num(0.0).mean(dim=(1, 2))  # [B, r, T]
+        earlier = (positions[None, None, :] < r[:, :, None]) & allowed
+        probs = probs * earlier
+        total = probs.sum(-1, keepdim=True)
+        probs = torch.where(total > 0, probs / total.clamp_min(1e-30), torch.zeros_like(probs))
+        out.append(probs * valid_row[:, start : start + chunk_rows, None])
+    return torch.cat(out, dim=1) if out else query.new_zeros(bsz, 0, seq, dtype=torch.float32)
+
+
+def use_capture_attention(model: nn.Module) -> nn.Module:
+    """Switch a model to ``ral_sdpa`` (SDPA everywhere; capture where armed)."""
+    model.set_attn_implementation(ATTN_IMPLEMENTATION)
+    return model
+
+
+@contextmanager
+def capture_attention(attn_module: nn.Module, rows: torch.Tensor, key_mask: torch.Tensor,
+                      chunk_rows: int = 64) -> Iterator[CaptureRequest]:
+    """Arm the capture on one attention module for the forward passes inside the block."""
+    if not hasattr(attn_module, "scaling"):
+        raise TypeError(f"{type(attn_module).__name__} is not a transformers attention module")
+    request = CaptureRequest(rows=rows, key_mask=key_mask, chunk_rows=chunk_rows)
+    attn_module._ral_capture = request
+    try:
+        yield request
+    finally:
+        del attn_module._ral_capture
+
+
+def response_rows(prompt_len: int, response_mask: torch.Tensor, alignment: RowAlignment = "paper") -> torch.Tensor:
+    """Query rows for the response tokens of left-padded prompts followed by right-padded responses.
+
+    ``paper``: the rows of the generated tokens themselves (positions P+1..T in RAL.md's 1-based notation);
+    ``sampling``: one earlier (P..T-1), the rows whose logits sampled each token. Masked tokens give -1.
+    """
+    n = response_mask.shape[1]
+    base = prompt_len if alignment == "paper" else prompt_len - 1
+    rows = base + torch.arange(n, device=response_mask.device).expand_as(response_mask)
+    return torch.where(response_mask.bool(), rows, torch.full_like(rows, -1))
+
+
+def reference_attention_policy(eager_attentions: torch.Tensor, rows: torch.Tensor,
+                               key_mask: torch.Tensor) -> torch.Tensor:
+    """The slow reference: from a full [B, H, T, T] eager attention (``output_attentions=True``), the same rows.
+
+    Used by tests and the benchmark only; never on a training path.
+    """
+    avg = eager_attentions.float().mean(1)  # [B, T, T]
+    seq = avg.shape[-1]
+    safe = rows.clamp(min=0)
+    picked = avg.gather(1, safe[:, :, None].expand(-1, -1, seq))
+    earlier = (torch.arange(seq)[None, None, :] < safe[:, :, None]) & key_mask[:, None, :].bool()
+    picked = picked * earlier
+    total = picked.sum(-1, keepdim=True)
+    picked = torch.where(total > 0, picked / total.clamp_min(1e-30), torch.zeros_like(picked))
+    return picked * (rows >= 0)[:, :, None]
