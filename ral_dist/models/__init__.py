@@ -32,4 +32,21 @@ def adapter_for_checkpoint(path: str | Path) -> VLMAdapter:
 
 
 __all__ = ["ADAPTERS", "PromptBatch", "VLMAdapter", "VisualPrompt", "adapter_for_checkpoint", "append_response",
+           "build_policy",
            "get_adapter"]
+
+
+def build_policy(family: str, checkpoint: str | None, tiny: dict | None = None, seed: int = 0,
+                 dtype=None):
+    """(adapter, model, processor): a checkpoint when given, else a tiny random model of ``family``."""
+    import torch
+
+    if checkpoint:
+        adapter = adapter_for_checkpoint(checkpoint)
+        model, processor = adapter.load(checkpoint, dtype=dtype or torch.float32)
+    else:
+        adapter = get_adapter(family)
+        model, processor = adapter.build_tiny(seed=seed, **(tiny or {}))
+        if dtype is not None:
+            model.to(dtype)
+    return adapter, model, processor

@@ -1,0 +1,108 @@
+"""The one config tree of ral_dist (pydantic), loaded from YAML with ``--set key.path=value`` overrides.
+
+Every model is strict: an unknown key or a wrong type fails at load time, before any actor starts, with the
+dotted path of the field in the message. YAML is read with ``safe_load``: configs never evaluate code.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ral_dist.data import GroundedVQAConfig
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message names the offending field."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(Strict):
+    family: Literal["qwen2_5_vl", "qwen2_vl", "idefics3"] = "qwen2_5_vl"
+    checkpoint: str | None = Field(None, description="Hugging Face checkpoint dir; None builds a tiny random model")
+    tiny: dict[str, Any] = Field(default_factory=dict,
+                                 description="overrides of the tiny config, e.g. {text: {hidden_size: 192}}")
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    freeze_vision: bool = Field(False, description="freeze the vision tower (the paper does; tiny models train it)")
+
+
+class DataConfig(Strict):
+    dir: str | None = Field(None, description="a dataset in the JSONL+PNG format; None generates `task` (cached)")
+    task: GroundedVQAConfig = Field(default_factory=GroundedVQAConfig)
+    sizes: dict[str, int] = Field(default_factory=lambda: {"train": 4000, "val": 200, "test": 200})
+    prompt_mode: Literal["think", "answer_only"] = Field("think", description="answer_only is RAL-zero")
+
+
+class SFTTrainConfig(Strict):
+    steps: int = Field(600, ge=1)
+    batch_size: int = Field(32, ge=1, description="global batch (split over the workers)")
+    lr: float = Field(2e-3, gt=0)
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="cosine decay floor, as a fraction of lr")
+    warmup_steps: int = Field(30, ge=0)
+    weight_decay: float = Field(0.01, ge=0)
+    grad_clip: float = Field(1.0, gt=0)
+    num_workers: int = Field(2, ge=1, description="Ray Train data-parallel workers")
+    zero_stage: int = Field(0, ge=0, le=3)
+    seed: int = 0
+    log_every: int = Field(20, ge=1)
+
+
+class SFTJobConfig(Strict):
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    train: SFTTrainConfig = Field(default_factory=SFTTrainConfig)
+    eval_samples: int = Field(200, ge=0, description="val samples scored at the end (0 = skip)")
+
+
+C = TypeVar("C", bound=BaseModel)
+
+
+def _set_path(tree: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for k in keys[:-1]:
+        node = node.setdefault(k, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {dotted}: {k!r} is not a section")
+    node[keys[-1]] = value
+
+
+def parse_overrides(items: list[str] | None) -> list[tuple[str, Any]]:
+    """``key.path=value`` strings → (path, YAML-parsed value)."""
+    out = []
+    for item in items or []:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key.path=value, got {item!r}")
+        key, raw = item.split("=", 1)
+        out.append((key.strip(), yaml.safe_load(raw)))
+    return out
+
+
+def load_config(cls: type[C], path: str | Path | None = None, overrides: list[str] | None = None) -> C:
+    """Read YAML (optional), apply overrides, validate. Raises `ConfigError` naming the field."""
+    tree: dict = {}
+    if path is not None:
+        try:
+            tree = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"cannot read config {path}: {exc}") from exc
+        if not isinstance(tree, dict):
+            raise ConfigError(f"config {path} must be a mapping at the top level")
+    for key, value in parse_overrides(overrides):
+        _set_path(tree, key, value)
+    try:
+        return cls.model_validate(tree)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}" for err in exc.errors())
+        raise ConfigError(f"invalid config{f' {path}' if path else ''}: {problems}") from None
+
+
+def dump_config(config: BaseModel, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))

@@ -1,0 +1,54 @@
+"""DeepSpeed set-up shared by the SFT workers and the RL learners: CPU (gloo) or GPU (NCCL), ZeRO 0–3."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+
+# DeepSpeed picks its accelerator at import; on a machine without CUDA it must be told to use the CPU.
+os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
+import deepspeed  # noqa: E402
+
+
+def deepspeed_config(zero_stage: int, micro_batch: int, grad_clip: float, bf16: bool = False) -> dict:
+    return {
+        "train_micro_batch_size_per_gpu": micro_batch,
+        "gradient_accumulation_steps": 1,
+        "gradient_clipping": grad_clip,
+        "zero_optimization": {"stage": zero_stage},
+        "bf16": {"enabled": bf16},
+        "steps_per_print": 10**9,  # our own progress line reports; keep DeepSpeed quiet
+        "wall_clock_breakdown": False,
+    }
+
+
+def init_engine(model: torch.nn.Module, lr: float, weight_decay: float, zero_stage: int, micro_batch: int,
+                grad_clip: float, bf16: bool = False):
+    """Wrap a model in a DeepSpeed engine with torch AdamW (no fused CUDA optimizer needed on CPU)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    engine, optimizer, _, _ = deepspeed.initialize(
+        model=model, optimizer=optimizer, config=deepspeed_config(zero_stage, micro_batch, grad_clip, bf16))
+    return engine, optimizer
+
+
+def set_lr(optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def cosine_lr(step: int, total: int, lr: float, warmup: int, min_ratio: float) -> float:
+    """Linear warm-up then cosine decay to ``min_ratio * lr``."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return lr * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def full_state_dict(engine) -> dict[str, torch.Tensor] | None:
+    """The full model state on rank 0 (ZeRO-3 gathers the shards; other stages hold full params)."""
+    if engine.zero_optimization_stage() == 3:
+        return engine._zero3_consolidated_16bit_state_dict()
+    return {k: v.detach().clone() for k, v in engine.module.state_dict().items()}

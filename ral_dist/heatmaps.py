@@ -1,0 +1,33 @@
+"""Attention heatmaps over the image (PNG), drawn with Pillow only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+
+def save_heatmap(frames: list[Image.Image], visual_attention: torch.Tensor, grid: tuple[int, int, int],
+                 temporal_patch: int, path: str | Path, title: str = "") -> Path:
+    """Overlay the attention over visual tokens ([t*rows*cols]) on each token-frame; one row of panels."""
+    t, rows, cols = grid
+    attn = visual_attention.detach().float().reshape(t, rows, cols)
+    attn = attn / attn.max().clamp_min(1e-12)
+    panels = []
+    for k in range(t):
+        frame = frames[min(k * temporal_patch, len(frames) - 1)].convert("RGB")
+        heat = (attn[k].numpy() * 255).astype(np.uint8)
+        heat_img = Image.fromarray(heat, mode="L").resize(frame.size, Image.NEAREST)
+        red = Image.new("RGB", frame.size, (255, 0, 0))
+        panels.append(Image.composite(red, frame, heat_img.point(lambda v: int(v * 0.6))))
+    w, h = panels[0].size
+    canvas = Image.new("RGB", (w * len(panels), h + 14), "white")
+    for k, panel in enumerate(panels):
+        canvas.paste(panel, (k * w, 14))
+    ImageDraw.Draw(canvas).text((2, 1), title[:120], fill="black")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(path)
+    return path

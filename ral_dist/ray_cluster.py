@@ -1,0 +1,29 @@
+"""Joining the Ray cluster a job was submitted to, or starting a private local one bound to loopback."""
+
+from __future__ import annotations
+
+import os
+
+import ray
+
+# Environment every Ray worker of ours needs (DeepSpeed on CPU, the cached JIT ops, no usage reporting).
+WORKER_ENV_KEYS = ("DS_BUILD_OPS", "TORCH_EXTENSIONS_DIR", "DS_ACCELERATOR", "RAL_DIST_CACHE", "RAY_USAGE_STATS_ENABLED")
+
+
+def worker_env() -> dict[str, str]:
+    env = {"DS_BUILD_OPS": "0", "RAY_USAGE_STATS_ENABLED": "0",
+           "TORCH_EXTENSIONS_DIR": os.path.expanduser("~/.cache/ral_dist/torch_extensions")}
+    env.update({k: os.environ[k] for k in WORKER_ENV_KEYS if k in os.environ})
+    return env
+
+
+def connect(num_cpus: int | None = None) -> None:
+    """``ray job submit`` (RAY_ADDRESS set) joins that cluster; otherwise a local cluster on 127.0.0.1."""
+    if ray.is_initialized():
+        return
+    runtime_env = {"env_vars": worker_env()}
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(runtime_env=runtime_env, log_to_driver=True)
+    else:
+        ray.init(num_cpus=num_cpus, _node_ip_address="127.0.0.1", include_dashboard=False,
+                 runtime_env=runtime_env, log_to_driver=True)

@@ -1,0 +1,39 @@
+"""The config tree: strict validation that names the field, YAML + --set overrides, shipped configs load."""
+
+from pathlib import Path
+
+import pytest
+
+from ral_dist.config import ConfigError, SFTJobConfig, load_config
+
+CONFIGS = Path(__file__).resolve().parents[1] / "jobs" / "configs"
+
+
+def test_shipped_sft_config_loads_and_overrides_apply():
+    cfg = load_config(SFTJobConfig, CONFIGS / "sft_tiny_cpu.yaml", ["train.steps=7", "data.task.grid=3"])
+    assert cfg.train.steps == 7 and cfg.data.task.grid == 3
+    assert cfg.model.family == "qwen2_5_vl"
+
+
+@pytest.mark.parametrize(("override", "field"), [
+    ("train.stepz=3", "train.stepz"),
+    ("train.lr=fast", "train.lr"),
+    ("model.family=llava", "model.family"),
+    ("data.task.grid=9", "data.task.grid"),
+    ("train.zero_stage=4", "train.zero_stage"),
+])
+def test_bad_config_names_the_field(override, field):
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        load_config(SFTJobConfig, CONFIGS / "sft_tiny_cpu.yaml", [override])
+
+
+def test_yaml_never_evaluates_code(tmp_path):
+    bad = tmp_path / "evil.yaml"
+    bad.write_text("train: !!python/object/apply:os.system ['echo pwned']\n")
+    with pytest.raises(ConfigError, match="cannot read config"):
+        load_config(SFTJobConfig, bad)
+
+
+def test_malformed_override_is_rejected():
+    with pytest.raises(ConfigError, match="key.path=value"):
+        load_config(SFTJobConfig, None, ["train.steps"])

@@ -1,0 +1,51 @@
+"""Generation: EOS masking, log-probs from the sampling weights, attention rows beside them."""
+
+import torch
+
+from ral_dist.data import GroundedVQAConfig, generate as generate_samples
+from ral_dist.generation import eos_mask, generate, score_responses
+from ral_dist.models import get_adapter
+from ral_dist.models.capture import use_capture_attention
+from ral_dist.prompting import visual_prompt
+
+
+def test_eos_mask_keeps_the_first_eos_and_drops_the_rest():
+    ids = torch.tensor([[5, 6, 2, 7, 2], [5, 5, 5, 5, 5], [2, 9, 9, 9, 9]])
+    assert eos_mask(ids, [2]).tolist() == [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]]
+
+
+def test_sampled_logprobs_and_attention_match_a_fresh_scoring_pass():
+    adapter = get_adapter("qwen2_5_vl")
+    model, processor = adapter.build_tiny(seed=2)
+    use_capture_attention(model)
+    samples = generate_samples(GroundedVQAConfig.at_stage(4, fraction_video=0.5), "train", 3)
+    gen = generate(adapter, model, processor, [visual_prompt(s, "think") for s in samples], num_samples=2,
+                   max_new_tokens=10, temperature=0.7, capture=True, capture_question=True, seed=0)
+    assert gen.response_ids.shape[0] == 6 and gen.attention.shape[:2] == gen.response_ids.shape
+    # prompt-major order: rows 2k and 2k+1 share prompt k
+    assert torch.equal(gen.prompts.inputs["input_ids"][0], gen.prompts.inputs["input_ids"][1])
+    assert (gen.logprobs[gen.response_mask == 0] == 0).all() and (gen.logprobs[gen.response_mask == 1] < 0).all()
+    # rescoring the same sequences one by one (different padding) gives the same numbers
+    for row in (0, 5):
+        single = adapter.encode(processor, [visual_prompt(samples[row // 2], "think")])
+        n = int(gen.response_mask[row].sum())
+        with torch.no_grad():
+            lp, attn, _, _ = score_responses(adapter, model, single, gen.response_ids[row : row + 1, :n],
+                                             gen.response_mask[row : row + 1, :n], processor.tokenizer.pad_token_id,
+                                             temperature=0.7)
+        assert torch.allclose(lp[0], gen.logprobs[row, :n], atol=1e-4)
+        shift = gen.prompts.prompt_len - single.prompt_len  # left padding of the batched prompt
+        assert torch.allclose(attn[0], gen.attention[row, :n, shift:], atol=1e-5)
+    # question rows are captured too and are proper distributions
+    valid = gen.question_rows >= 0
+    assert torch.allclose(gen.question_attention[valid].sum(-1), torch.ones(int(valid.sum())), atol=1e-5)
+
+
+def test_greedy_generation_is_deterministic():
+    adapter = get_adapter("idefics3")
+    model, processor = adapter.build_tiny(seed=1)
+    use_capture_attention(model)
+    prompts = [visual_prompt(s, "answer_only") for s in generate_samples(GroundedVQAConfig(), "val", 2)]
+    a = generate(adapter, model, processor, prompts, greedy=True, max_new_tokens=6)
+    b = generate(adapter, model, processor, prompts, greedy=True, max_new_tokens=6)
+    assert a.texts == b.texts and torch.equal(a.attention, b.attention)
