@@ -4,7 +4,8 @@ import math
 
 import torch
 
-from ral_dist.data import GroundedVQAConfig, generate as generate_samples
+from ral_dist.data import GroundedVQAConfig
+from ral_dist.data import generate as generate_samples
 from ral_dist.evaluation import score_sample
 from ral_dist.models import get_adapter
 from ral_dist.response_spans import answer_token_mask

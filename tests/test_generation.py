@@ -2,7 +2,8 @@
 
 import torch
 
-from ral_dist.data import GroundedVQAConfig, generate as generate_samples
+from ral_dist.data import GroundedVQAConfig
+from ral_dist.data import generate as generate_samples
 from ral_dist.generation import eos_mask, generate, score_responses
 from ral_dist.models import get_adapter
 from ral_dist.models.capture import use_capture_attention
