@@ -28,6 +28,7 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=None, help="override train.steps")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--force", action="store_true", help="retrain even if the cached checkpoint exists")
+    p.add_argument("--where", action="store_true", help="print the checkpoint directory of this config and exit")
     return p.parse_args(argv)
 
 
@@ -48,6 +49,9 @@ def main(argv=None) -> Path:
     except ConfigError as exc:
         raise SystemExit(f"error: {exc}") from None
     output = Path(args.output) if args.output else cached_checkpoint_dir(cfg)
+    if args.where:
+        print(output)
+        return output
     if is_checkpoint(output) and not args.force:
         print(f"[sft] checkpoint already at {output} (use --force to retrain)")
         return output
