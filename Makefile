@@ -9,7 +9,7 @@ PIP := $(VENV)/bin/pip
 # loose `torch` requirement pulls a multi-GB CUDA build.
 TORCH_SPEC ?= torch==2.13.0
 # Hides the machine-level pip index warnings, nothing else.
-QUIET_PIP := grep -v "is ignored: it is neither a file nor a directory" || true
+QUIET_PIP := { grep -v "is ignored: it is neither a file nor a directory" || true; }
 
 export DS_BUILD_OPS := 0
 export TORCH_EXTENSIONS_DIR ?= $(HOME)/.cache/ral_dist/torch_extensions
