@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ral_dist.data import GroundedVQAConfig
 
@@ -58,6 +58,81 @@ class SFTJobConfig(Strict):
     data: DataConfig = Field(default_factory=DataConfig)
     train: SFTTrainConfig = Field(default_factory=SFTTrainConfig)
     eval_samples: int = Field(200, ge=0, description="val samples scored at the end (0 = skip)")
+
+
+class RolloutConfig(Strict):
+    engine: Literal["hf", "vllm"] = Field("hf", description="hf (transformers; CPU default) or vllm (GPU)")
+    num_workers: int = Field(2, ge=1)
+    prompts_per_step: int = Field(8, ge=1, description="prompts per RL step; each gets group_size responses")
+    group_size: int = Field(8, ge=1, description="G, responses per prompt (paper: 8)")
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_new_tokens: int = Field(48, ge=1)
+    attention_rows: Literal["paper", "sampling"] = Field(
+        "paper", description="paper: rows of the generated tokens (P+1..T); sampling: P..T-1")
+    attention_wire_dtype: Literal["float16", "float32"] = "float16"
+    cpus_per_worker: float = Field(0.25, gt=0)
+    gpus_per_worker: float = Field(0, ge=0)
+
+
+class RewardConfig(Strict):
+    num_workers: int = Field(2, ge=1)
+    weights: dict[str, float] = Field(
+        default_factory=lambda: {"task": 0.9, "format": 0.1, "sparsity": 0.0, "consistency": 0.0},
+        description="weight of each reward term (RAL.md §4); defaults reproduce the paper")
+    cpus_per_worker: float = Field(0.1, gt=0)
+
+    @field_validator("weights")
+    @classmethod
+    def _known_terms(cls, weights: dict[str, float]) -> dict[str, float]:
+        from ral_dist.algorithms import REWARD_TERMS
+
+        unknown = sorted(set(weights) - set(REWARD_TERMS))
+        if unknown:
+            raise ValueError(f"unknown reward terms {unknown}; known: {sorted(REWARD_TERMS)}")
+        return weights
+
+
+class LearnerConfig(Strict):
+    num_ranks: int = Field(2, ge=1, description="learner actors in one torch.distributed group")
+    zero_stage: int = Field(0, ge=0, le=3)
+    lr: float = Field(1e-5, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    grad_clip: float = Field(1.0, gt=0)
+    ppo_epochs: int = Field(1, ge=1)
+    num_minibatches: int = Field(2, ge=1, description="optimizer steps per epoch over the rollout batch")
+    clip_eps: float = Field(0.2, gt=0)
+    beta: float = Field(0.04, ge=0, description="k3 KL to the frozen reference")
+    lambda_attn: float = Field(1.0, ge=0, description="weight of the RAL attention loss; 0 is plain GRPO")
+    loss_agg: Literal["token_mean", "seq_mean"] = "token_mean"
+    old_policy: Literal["rollout", "recompute"] = Field(
+        "rollout", description="p_old/old log-probs from the rollout (behaviour policy) or recomputed here")
+    cpus_per_rank: float = Field(0.5, gt=0)
+    gpus_per_rank: float = Field(0, ge=0)
+
+
+class RLRunConfig(Strict):
+    steps: int = Field(100, ge=1)
+    mode: Literal["sync", "one_step_off"] = "sync"
+    seed: int = 0
+    checkpoint_every: int = Field(10, ge=1)
+    heatmap_every: int = Field(10, ge=1)
+    heatmap_prompts: int = Field(4, ge=0)
+    timeout_s: float = Field(600, gt=0, description="longest wait for any actor call")
+    verify_sync: bool = Field(True, description="after each sync, check rollout weights equal the learner's")
+
+
+class RLJobConfig(Strict):
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    reward: RewardConfig = Field(default_factory=RewardConfig)
+    learner: LearnerConfig = Field(default_factory=LearnerConfig)
+    run: RLRunConfig = Field(default_factory=RLRunConfig)
+
+    @property
+    def updates_per_rollout_batch(self) -> int:
+        return self.learner.ppo_epochs * self.learner.num_minibatches
 
 
 C = TypeVar("C", bound=BaseModel)

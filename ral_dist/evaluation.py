@@ -32,23 +32,25 @@ def _mean(values: list[float]) -> float | None:
 
 def score_sample(sample: Sample, text: str, ids: torch.Tensor, mask: torch.Tensor, attention: torch.Tensor,
                  question_attention: torch.Tensor, visual_positions: torch.Tensor, grid: tuple[int, int, int],
-                 temporal_patch: int, tokenizer, mode: str) -> dict[str, float]:
-    """Every metric of one greedy response (NaN where a metric does not apply)."""
+                 temporal_patch: int, tokenizer, mode: str) -> tuple[dict[str, float], dict[str, str]]:
+    """Every metric of one response (NaN where a metric does not apply), and why a term scored 0 if it could not
+    be computed. ``attention`` holds the response rows [R, T]; positions index the same sequence."""
     answer_rows = answer_token_mask(tokenizer, ids, mask)
-    visual = attention[answer_rows][:, visual_positions]
-    row = {
-        "accuracy": exact_match(text, sample.answer).value,
-        "format_rate": format_score(text, mode).value,
-        "sparsity": sparsity(attention[mask.bool()], visual_positions).value,
-        "consistency": consistency(attention[answer_rows], question_attention, visual_positions).value,
-        "attention_on_target": float("nan"),
-        "target_fraction": float("nan"),
+    scores = {
+        "accuracy": exact_match(text, sample.answer),
+        "format_rate": format_score(text, mode),
+        "sparsity": sparsity(attention[mask.bool()], visual_positions),
+        "consistency": consistency(attention[answer_rows], question_attention, visual_positions),
     }
+    row = {k: v.value for k, v in scores.items()}
+    notes = {k: v.reason for k, v in scores.items() if v.reason}
+    row["attention_on_target"] = row["target_fraction"] = float("nan")
     if sample.regions:
         region = region_token_mask(sample.regions, sample.n_frames, sample.frame_hw, grid, temporal_patch)
+        visual = attention[answer_rows][:, visual_positions]
         row["attention_on_target"] = on_target_mass(visual, region)
         row["target_fraction"] = target_fraction(region)
-    return row
+    return row, notes
 
 
 @torch.no_grad()
@@ -69,7 +71,7 @@ def evaluate(adapter: VLMAdapter, model, processor, samples: list[Sample], mode:
                        max_new_tokens=max_new_tokens, capture=True, capture_question=True)
         for i, s in enumerate(chunk):
             q_valid = gen.question_rows[i] >= 0
-            metrics = score_sample(s, gen.texts[i], gen.response_ids[i], gen.response_mask[i], gen.attention[i],
+            metrics, _ = score_sample(s, gen.texts[i], gen.response_ids[i], gen.response_mask[i], gen.attention[i],
                                    gen.question_attention[i][q_valid], gen.prompts.visual_positions[i],
                                    gen.prompts.visual_grids[i], temporal_patch, processor.tokenizer, mode)
             rows.append((s.qtype, metrics))

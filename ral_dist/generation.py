@@ -89,7 +89,8 @@ def generate(adapter: VLMAdapter, model, processor, prompts: list[VisualPrompt],
         torch.manual_seed(seed)
     sampling = {} if greedy else {"temperature": temperature, "top_p": top_p, "top_k": 0}
     out = model.generate(**batch.inputs, max_new_tokens=max_new_tokens, eos_token_id=eos,
-                         pad_token_id=tok.pad_token_id, do_sample=not greedy, **sampling)
+                         pad_token_id=tok.pad_token_id, do_sample=not greedy,
+                         suppress_tokens=adapter.banned_token_ids(processor), **sampling)
     response_ids = out[:, batch.prompt_len:]
     if response_ids.shape[1] == 0:
         response_ids = torch.full((len(expanded), 1), tok.pad_token_id, dtype=torch.long)

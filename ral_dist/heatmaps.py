@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -10,7 +11,7 @@ from PIL import Image, ImageDraw
 
 
 def save_heatmap(frames: list[Image.Image], visual_attention: torch.Tensor, grid: tuple[int, int, int],
-                 temporal_patch: int, path: str | Path, title: str = "") -> Path:
+                 temporal_patch: int, path: str | Path | BinaryIO, title: str = "") -> None:
     """Overlay the attention over visual tokens ([t*rows*cols]) on each token-frame; one row of panels."""
     t, rows, cols = grid
     attn = visual_attention.detach().float().reshape(t, rows, cols)
@@ -27,7 +28,6 @@ def save_heatmap(frames: list[Image.Image], visual_attention: torch.Tensor, grid
     for k, panel in enumerate(panels):
         canvas.paste(panel, (k * w, 14))
     ImageDraw.Draw(canvas).text((2, 1), title[:120], fill="black")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(path)
-    return path
+    if isinstance(path, (str, Path)):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(path, format="PNG")

@@ -40,10 +40,11 @@ def test_score_sample_on_crafted_attention():
     attention = torch.zeros(len(ids), 40)
     attention[:, 10 + int(torch.nonzero(region)[0])] = 1.0  # every row looks at one on-target token
     question_attention = attention[:2].clone()
-    out = score_sample(sample, text, ids, mask, attention, question_attention, visual_positions, grid, 1, tok, "think")
+    out, notes = score_sample(sample, text, ids, mask, attention, question_attention, visual_positions, grid, 1, tok, "think")
     assert out["accuracy"] == 1.0 and out["format_rate"] == 1.0
     assert out["attention_on_target"] == 1.0 and out["sparsity"] == 1.0 and out["consistency"] == 1.0
     assert math.isclose(out["target_fraction"], float(region.float().mean()))
-    wrong = score_sample(sample, "<answer>nothing</answer>", ids, mask, attention, question_attention,
+    wrong, wrong_notes = score_sample(sample, "<answer>nothing</answer>", ids, mask, attention, question_attention,
                          visual_positions, grid, 1, tok, "think")
     assert wrong["accuracy"] == 0.0 and wrong["format_rate"] == 0.0
+    assert notes == {} and "format_rate" in wrong_notes

@@ -50,3 +50,16 @@ def test_greedy_generation_is_deterministic():
     a = generate(adapter, model, processor, prompts, greedy=True, max_new_tokens=6)
     b = generate(adapter, model, processor, prompts, greedy=True, max_new_tokens=6)
     assert a.texts == b.texts and torch.equal(a.attention, b.attention)
+
+
+def test_visual_placeholder_tokens_are_never_sampled():
+    """A sampled <|image_pad|> would break the next forward (token count ≠ image features)."""
+    adapter = get_adapter("qwen2_5_vl")
+    model, processor = adapter.build_tiny(seed=0)
+    banned = adapter.banned_token_ids(processor)
+    with torch.no_grad():  # make the placeholders the most likely tokens by far
+        model.lm_head.weight[banned] = model.lm_head.weight[banned] * 0 + 5.0
+    use_capture_attention(model)
+    prompts = [visual_prompt(s, "think") for s in generate_samples(GroundedVQAConfig(), "train", 2)]
+    gen = generate(adapter, model, processor, prompts, num_samples=2, max_new_tokens=6, seed=0)
+    assert not torch.isin(gen.response_ids, torch.tensor(banned)).any()

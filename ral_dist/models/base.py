@@ -116,3 +116,10 @@ class VLMAdapter(ABC):
 
     def eos_token_ids(self, processor) -> list[int]:
         return [processor.tokenizer.eos_token_id]
+
+    # Tokens that only the processor may place (image/video placeholders and their brackets): a sampled one
+    # would make the next forward's visual-token count disagree with the pixels.
+    visual_special_tokens: tuple[str, ...] = ()
+
+    def banned_token_ids(self, processor) -> list[int]:
+        return [processor.tokenizer.convert_tokens_to_ids(t) for t in self.visual_special_tokens]

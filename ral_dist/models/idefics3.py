@@ -34,6 +34,7 @@ CHAT_TEMPLATE = (
 
 class Idefics3Adapter(VLMAdapter):
     family = "idefics3"
+    visual_special_tokens = ("<image>", "<fake_token_around_image>", "<global-img>")
 
     def model_class(self):
         return Idefics3ForConditionalGeneration

@@ -101,6 +101,7 @@ class QwenVLProcessor:
 
 class QwenVLAdapter(VLMAdapter):
     family = "qwen2_5_vl"
+    visual_special_tokens = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
 
     def __init__(self, version: str = "2.5"):
         self.version = version

@@ -1,0 +1,114 @@
+"""RAL (GRPO + the attention policy loss) on Ray: rollout workers, reward workers, DeepSpeed learners.
+
+    python jobs/ral_grpo.py --config jobs/configs/tiny_cpu.yaml [--steps N] [--run-dir DIR] [--set key=value ...]
+    python jobs/ral_grpo.py --resume RUN_DIR [--steps N]
+
+Runs on the cluster it is submitted to (`ray job submit`, RAY_ADDRESS) or starts a local one. `lambda_attn=0`
+(`--set learner.lambda_attn=0`) is plain GRPO through the same code path. `model.checkpoint: sft:CONFIG` starts
+from the SFT warm start of that config (trained first if it is not cached).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from ral_dist.config import ConfigError, RLJobConfig, load_config  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default=str(ROOT / "jobs" / "configs" / "tiny_cpu.yaml"))
+    p.add_argument("--steps", type=int, default=None, help="override run.steps")
+    p.add_argument("--run-dir", default=None, help="where to write the run (default runs/ral-<time>)")
+    p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue a run from its last checkpoint")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    return p.parse_args(argv)
+
+
+def load_job_config(args) -> tuple[RLJobConfig, Path]:
+    overrides = args.overrides + ([f"run.steps={args.steps}"] if args.steps else [])
+    if args.resume:
+        run_dir = Path(args.resume)
+        cfg = load_config(RLJobConfig, run_dir / "config.yaml", overrides)
+    else:
+        cfg = load_config(RLJobConfig, args.config, overrides)
+        run_dir = Path(args.run_dir) if args.run_dir else ROOT / "runs" / f"ral-{time.strftime('%Y%m%d-%H%M%S')}"
+    if cfg.rollout.engine != "hf":
+        raise ConfigError("rollout.engine: only 'hf' is available in this build (vllm comes with the GPU extra)")
+    if cfg.rollout.prompts_per_step < cfg.rollout.num_workers:
+        raise ConfigError("rollout.prompts_per_step must be >= rollout.num_workers")
+    return cfg, run_dir
+
+
+def resolve_checkpoint(cfg: RLJobConfig) -> RLJobConfig:
+    """`sft:CONFIG` → the cached SFT checkpoint of that config (trained now if missing)."""
+    ckpt = cfg.model.checkpoint
+    if ckpt and ckpt.startswith("sft:"):
+        sys.path.insert(0, str(ROOT / "jobs"))
+        import sft
+
+        sft_config = ckpt[len("sft:"):]
+        path = sft.main(["--config", str(ROOT / sft_config if not Path(sft_config).is_absolute() else sft_config)])
+        cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"checkpoint": str(path)})})
+    return cfg
+
+
+def main(argv=None) -> Path:
+    args = parse_args(argv)
+    try:
+        cfg, run_dir_path = load_job_config(args)
+    except ConfigError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    if cfg.learner.lambda_attn > 0 and cfg.updates_per_rollout_batch == 1:
+        print("[ral] WARNING: one update per rollout batch silences the attention term (RAL.md §3): "
+              "set learner.num_minibatches >= 2 or learner.ppo_epochs >= 2", flush=True)
+
+    import ray
+
+    from ral_dist.controller import Controller
+    from ral_dist.data import read_dataset
+    from ral_dist.data.cache import ensure_dataset
+    from ral_dist.ray_cluster import connect
+    from ral_dist.run_dir import RunDir
+
+    cfg = resolve_checkpoint(cfg)
+    data_dir = Path(cfg.data.dir) if cfg.data.dir else ensure_dataset(cfg.data.task, cfg.data.sizes)
+    train, skipped = read_dataset(data_dir, "train")
+    val, _ = read_dataset(data_dir, "val")
+    if skipped:
+        print(f"[ral] skipped {len(skipped)} malformed training rows: "
+              + "; ".join(f"line {s.line} ({s.id}): {s.reason}" for s in skipped[:10]), flush=True)
+    run_dir = RunDir(run_dir_path)
+    if not args.resume:
+        run_dir.write_config(cfg)
+    connect()
+    ctx = ray.get_runtime_context()
+    print(f"[ral] run dir {run_dir.path} | Ray job {ctx.get_job_id()} | data {data_dir} ({len(train)} train)",
+          flush=True)
+    controller = Controller(cfg, run_dir, train, val[: cfg.run.heatmap_prompts])
+    try:
+        controller.start()
+        start_step = 0
+        if args.resume:
+            checkpoint = run_dir.latest_checkpoint()
+            if checkpoint is None:
+                raise SystemExit(f"error: {run_dir.path} has no checkpoint to resume from")
+            start_step = controller.restore(checkpoint)
+            run_dir.truncate_metrics(start_step)
+            print(f"[ral] resumed from {checkpoint} at step {start_step}", flush=True)
+        controller.run_steps(start_step)
+    finally:
+        controller.stop()
+    print(f"[ral] done: {run_dir.path} (metrics.jsonl, heatmaps/, checkpoints/)", flush=True)
+    return run_dir.path
+
+
+if __name__ == "__main__":
+    main()

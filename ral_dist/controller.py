@@ -1,0 +1,225 @@
+"""The driver of an RL run: placement group, actors, the step loop, advantages, weight sync, run directory.
+
+It moves ObjectRefs, not tensors: trajectories go from rollout workers to reward workers and learners through
+the object store; the controller only fetches the small reward results it needs for the group advantages.
+Modes: ``sync`` (rollout k+1 starts after the weights of step k are synced) and ``one_step_off`` (rollout k+1
+overlaps learning of step k, with the weights of step k-1: staleness bound 1).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import socket
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import ray
+import torch
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from ral_dist.algorithms import group_advantages
+from ral_dist.config import RLJobConfig
+from ral_dist.data import Sample
+from ral_dist.learner import Learner
+from ral_dist.reward_worker import RewardWorker
+from ral_dist.rollout_worker import RolloutWorker
+from ral_dist.run_dir import RunDir
+from ral_dist.sft_trainer import batch_indices, format_eta
+from ral_dist.weight_sync import ObjectStoreTransport
+
+
+def wait_all(refs: list, what: str, timeout_s: float) -> list:
+    """ray.get with a timeout whose error names what it waited for."""
+    ready, pending = ray.wait(list(refs), num_returns=len(refs), timeout=timeout_s)
+    if pending:
+        raise TimeoutError(f"timed out after {timeout_s:.0f}s waiting for {what} ({len(pending)}/{len(refs)} pending)")
+    return ray.get(ready if len(ready) == len(refs) else list(refs))
+
+
+@ray.remote(num_cpus=0)
+def _free_address() -> tuple[str, int]:
+    """An address for the learners' torch.distributed rendezvous, on the node of learner rank 0."""
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return ray.util.get_node_ip_address(), s.getsockname()[1]
+
+
+def _nanmean(values: list[float]) -> float:
+    finite = [v for v in values if not math.isnan(v)]
+    return float(np.mean(finite)) if finite else float("nan")
+
+
+class Controller:
+    def __init__(self, cfg: RLJobConfig, run_dir: RunDir, train: list[Sample], heatmap_samples: list[Sample]):
+        self.cfg = cfg
+        self.run = run_dir
+        self.train = train
+        self.heatmap_samples = heatmap_samples
+        self.transport = ObjectStoreTransport()
+        self.version = 0
+        self.pg = None
+
+    # ------------------------------------------------------------------ actors
+    def start(self) -> None:
+        c = self.cfg
+        lc, rc, wc = c.learner, c.rollout, c.reward
+
+        def bundle(cpus: float, gpus: float) -> dict:
+            return {"CPU": cpus, **({"GPU": gpus} if gpus else {})}
+
+        bundles = ([bundle(lc.cpus_per_rank, lc.gpus_per_rank)] * lc.num_ranks
+                   + [bundle(rc.cpus_per_worker, rc.gpus_per_worker)] * rc.num_workers
+                   + [bundle(wc.cpus_per_worker, 0)] * wc.num_workers)
+        self.pg = placement_group(bundles, strategy="PACK")
+        wait_all([self.pg.ready()], f"placement group {bundles}", c.run.timeout_s)
+
+        def on(index: int) -> dict:
+            return {"scheduling_strategy": PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=index)}
+
+        config = c.model_dump(mode="json")
+        addr, port = wait_all([_free_address.options(**on(0)).remote()], "a rendezvous port", c.run.timeout_s)[0]
+        learner_cls = ray.remote(Learner)
+        self.learners = [
+            learner_cls.options(num_cpus=lc.cpus_per_rank, num_gpus=lc.gpus_per_rank, **on(r)).remote(
+                r, lc.num_ranks, addr, port, config)
+            for r in range(lc.num_ranks)]
+        rollout_cls = ray.remote(max_restarts=3, max_task_retries=2)(RolloutWorker)
+        self.rollouts = [
+            rollout_cls.options(num_cpus=rc.cpus_per_worker, num_gpus=rc.gpus_per_worker,
+                                **on(lc.num_ranks + i)).remote(i, config)
+            for i in range(rc.num_workers)]
+        reward_cls = ray.remote(max_restarts=3, max_task_retries=2)(RewardWorker)
+        self.rewarders = [
+            reward_cls.options(num_cpus=wc.cpus_per_worker, **on(lc.num_ranks + rc.num_workers + i)).remote(config)
+            for i in range(wc.num_workers)]
+        wait_all([learner.param_digest.remote() for learner in self.learners], "learners to start", c.run.timeout_s)
+        wait_all([w.get_version.remote() for w in self.rollouts], "rollout workers to start", c.run.timeout_s)
+        self.sync_bytes = wait_all([self.rollouts[0].state_nbytes.remote()], "rollout worker", c.run.timeout_s)[0]
+
+    def stop(self) -> None:
+        for actor in getattr(self, "learners", []) + getattr(self, "rollouts", []) + getattr(self, "rewarders", []):
+            ray.kill(actor)
+        if self.pg is not None:
+            remove_placement_group(self.pg)
+
+    # ------------------------------------------------------------------ one step's pieces
+    def _launch_rollout(self, step: int) -> tuple[list, float]:
+        idx = batch_indices(step, self.cfg.rollout.prompts_per_step, len(self.train), self.cfg.run.seed)
+        chunks = np.array_split(np.arange(len(idx)), len(self.rollouts))
+        refs = [w.rollout.remote(step, [self.train[idx[g]] for g in chunk], chunk.tolist())
+                for w, chunk in zip(self.rollouts, chunks, strict=True) if len(chunk)]
+        return refs, time.time()
+
+    def _sync_weights(self) -> tuple[float, int]:
+        state_refs = [learner.state_dict.remote() for learner in self.learners]  # every rank takes part (ZeRO-3 gathers)
+        report = self.transport.push(self.version, state_refs[0], self.rollouts, self.cfg.run.timeout_s,
+                                     nbytes=self.sync_bytes)
+        wait_all(state_refs[1:], "learner ranks to release the weights", self.cfg.run.timeout_s)
+        return report.seconds, report.bytes
+
+    def weights_in_sync(self) -> bool:
+        """Every rollout worker holds exactly the learner's weights (compared by a float64 parameter sum)."""
+        digests = wait_all([self.learners[0].param_digest.remote()] + [w.param_digest.remote() for w in self.rollouts],
+                           "parameter digests", self.cfg.run.timeout_s)
+        return all(d == digests[0] for d in digests[1:])
+
+    def _save_checkpoint(self, step: int) -> Path:
+        path = self.run.checkpoint_dir(step)
+        wait_all([learner.save_checkpoint.remote(str(path)) for learner in self.learners], f"checkpoint of step {step}",
+                 self.cfg.run.timeout_s)
+        self.run.write_checkpoint_state(path, {"step": step, "version": self.version, "next_step": step + 1})
+        return path
+
+    def restore(self, checkpoint: Path) -> int:
+        versions = wait_all([learner.load_checkpoint.remote(str(checkpoint)) for learner in self.learners],
+                            f"learners to load {checkpoint}", self.cfg.run.timeout_s)
+        self.version = versions[0]
+        self._sync_weights()
+        return json.loads((checkpoint / "controller_state.json").read_text())["next_step"]
+
+    def _heatmaps(self, step: int) -> None:
+        if not self.heatmap_samples:
+            return
+        images = wait_all([self.rollouts[0].heatmaps.remote(self.heatmap_samples)], "heatmaps",
+                          self.cfg.run.timeout_s)[0]
+        for sample_id, png in images:
+            self.run.write_heatmap(step, sample_id, png)
+
+    # ------------------------------------------------------------------ the loop
+    def run_steps(self, start_step: int = 0) -> list[dict]:
+        c = self.cfg
+        G, timeout = c.rollout.group_size, c.run.timeout_s
+        history = []
+        pending = self._launch_rollout(start_step)
+        t_run = time.time()
+        for step in range(start_step, c.run.steps):
+            t_step = time.time()
+            traj_refs, t_launch = pending
+            wait_all(traj_refs, f"rollouts of step {step}", timeout)
+            rollout_s = time.time() - max(t_launch, t_step) if c.run.mode == "sync" else time.time() - t_step
+            t0 = time.time()
+            reward_refs = [self.rewarders[i % len(self.rewarders)].score.remote(ref) for i, ref in enumerate(traj_refs)]
+            results = [r for chunk in wait_all(reward_refs, f"rewards of step {step}", timeout) for r in chunk]
+            reward_s = time.time() - t0
+
+            rewards = torch.tensor([r.total for r in results], dtype=torch.float32)
+            finite = torch.isfinite(rewards)
+            advantages = group_advantages(torch.where(finite, rewards, torch.zeros_like(rewards)), G)
+            advantages = torch.where(finite, advantages, torch.zeros_like(advantages))
+
+            if c.run.mode == "one_step_off" and step + 1 < c.run.steps:
+                pending = self._launch_rollout(step + 1)  # samples with the weights of this step's start
+            t0 = time.time()
+            stats = wait_all([learner.train_step.remote(step, traj_refs, advantages.tolist()) for learner in self.learners],
+                             f"learner step {step}", timeout)[0]
+            learn_s = time.time() - t0
+            self.version += 1
+            sync_s, sync_bytes = self._sync_weights()
+            if c.run.mode == "sync" and step + 1 < c.run.steps:
+                pending = self._launch_rollout(step + 1)
+
+            record = self._record(step, results, stats, rollout_s, reward_s, learn_s, sync_s, sync_bytes,
+                                  int((~finite).sum()), time.time() - t_step)
+            if c.run.verify_sync:
+                record["weights_in_sync"] = self.weights_in_sync()
+            history.append(record)
+            self.run.append_metrics(record)
+            done = step + 1 - start_step
+            eta = (time.time() - t_run) / done * (c.run.steps - step - 1)
+            print(self._progress_line(record, eta), flush=True)
+            if (step + 1) % c.run.heatmap_every == 0 or step == start_step:
+                self._heatmaps(step)
+            if (step + 1) % c.run.checkpoint_every == 0 or step + 1 == c.run.steps:
+                self._save_checkpoint(step)
+        return history
+
+    def _record(self, step, results, stats, rollout_s, reward_s, learn_s, sync_s, sync_bytes, nonfinite,
+                step_s) -> dict:
+        notes = Counter(f"{term}:{why}" for r in results for term, why in r.notes.items())
+        record = {
+            "step": step, "policy_version": self.version, "n_trajectories": len(results),
+            "reward_mean": float(np.mean([r.total for r in results])),
+            "accuracy": float(np.mean([r.accuracy for r in results])),
+            "attention_on_target": _nanmean([r.attention_on_target for r in results]),
+            **{f"reward_{k}": float(np.mean([r.terms[k] for r in results])) for k in results[0].terms},
+            "kl": stats["kl"], "attn_loss": stats["attn_loss"], "attn_jsd": stats["attn_jsd"],
+            "attn_grad_norm": stats["attn_grad_norm"], "policy_loss": stats["policy_loss"], "loss": stats["loss"],
+            "clip_fraction": stats["clip_fraction"], "skipped_updates": stats["skipped_updates"],
+            "staleness_max": stats["staleness_max"], "nonfinite_rewards": nonfinite,
+            "rollout_s": rollout_s, "reward_s": reward_s, "learn_s": learn_s, "sync_s": sync_s,
+            "sync_bytes": sync_bytes, "step_s": step_s, "reward_notes": dict(notes),
+        }
+        if stats.get("warnings"):
+            record["warnings"] = stats["warnings"]
+        return record
+
+    def _progress_line(self, r: dict, eta: float) -> str:
+        return (f"[ral] step {r['step'] + 1}/{self.cfg.run.steps} v{r['policy_version']} "
+                f"reward {r['reward_mean']:.3f} (task {r.get('reward_task', 0):.3f} fmt {r.get('reward_format', 0):.3f}) "
+                f"acc {r['accuracy']:.3f} kl {r['kl']:.4f} attn_jsd {r['attn_jsd']:.2e} "
+                f"| rollout {r['rollout_s']:.1f}s reward {r['reward_s']:.1f}s learn {r['learn_s']:.1f}s "
+                f"sync {r['sync_s']:.2f}s | ETA {format_eta(eta)}")

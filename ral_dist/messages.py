@@ -1,0 +1,55 @@
+"""What flows between the actors. Plain dataclasses of CPU tensors, pickled through Ray's object store.
+
+A `Trajectory` is one sampled response with everything the reward workers and the learner need, stored
+without padding: positions index the unpadded sequence (prompt then response), so any batch layout can be
+rebuilt from it (`ral_dist.collate`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from ral_dist.data import Sample
+
+
+@dataclass
+class Trajectory:
+    sample: Sample  # the prompt's sample (images, question, answer, regions)
+    group: int  # index of the prompt within the step; the G responses of a prompt share it
+    policy_version: int  # version of the weights that sampled it
+    prompt_len: int  # unpadded prompt length P
+    response_ids: torch.Tensor  # [R] up to and including EOS
+    old_logprobs: torch.Tensor  # [R] fp32, from the weights that sampled
+    attention: torch.Tensor  # [R, P + R] p_old rows of the response tokens (fp16 on the wire by default)
+    question_attention: torch.Tensor  # [Q, P + R] rows of the question tokens
+    visual_positions: torch.Tensor  # [V] into the unpadded sequence
+    question_positions: torch.Tensor  # [Q]
+    visual_grid: tuple[int, int, int]
+    temporal_patch: int
+    text: str
+    truncated: bool = False  # hit max_new_tokens without EOS
+    rewards: dict[str, float] = field(default_factory=dict)  # every reward term, filled by a RewardWorker
+    reward_notes: dict[str, str] = field(default_factory=dict)  # why a term scored 0 when it could not be computed
+    reward: float = 0.0  # weighted total
+    advantage: float = 0.0  # group-normalised, filled by the controller
+
+
+@dataclass
+class RewardResult:
+    """What a RewardWorker returns for one trajectory (small: the controller never fetches attention maps)."""
+
+    terms: dict[str, float]
+    notes: dict[str, str]
+    total: float
+    accuracy: float
+    attention_on_target: float  # NaN when the sample has no ground-truth region
+
+
+@dataclass
+class StepStats:
+    """The learner's report of one step (rank 0's view, loss terms averaged over ranks and mini-batches)."""
+
+    values: dict[str, float]
+    warnings: list[str] = field(default_factory=list)

@@ -1,0 +1,236 @@
+"""The RL learner, in-process on one gloo rank: plain GRPO at lambda_attn = 0, the attention term's zero first
+gradient, the one-update warning, non-finite skips, weight sync and checkpoints.
+
+Trajectories are generated for real by a tiny Qwen2.5-VL built with the learner's seed, so the rollout weights
+are the learner's version-0 weights.
+"""
+
+import copy
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.expanduser("~/.cache/ral_dist/torch_extensions"))
+
+from ral_dist.algorithms import aggregate_tokens, clipped_surrogate, group_advantages, k3_kl  # noqa: E402
+from ral_dist.collate import learner_batch, trajectories_from_generation  # noqa: E402
+from ral_dist.config import RLJobConfig  # noqa: E402
+from ral_dist.data import GroundedVQAConfig  # noqa: E402
+from ral_dist.data import generate as generate_samples  # noqa: E402
+from ral_dist.generation import generate, score_responses  # noqa: E402
+from ral_dist.learner import ONE_UPDATE_WARNING, Learner  # noqa: E402
+from ral_dist.models import adapter_for_checkpoint, build_policy  # noqa: E402
+from ral_dist.models.capture import use_capture_attention  # noqa: E402
+from ral_dist.prompting import visual_prompt  # noqa: E402
+
+SEED = 0
+G = 4
+MODE = "think"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def port():
+    """One single-rank gloo group for the module (the learners reuse it), torn down at the end."""
+    port = _free_port()
+    yield port
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def _config(**learner) -> dict:
+    base = {"num_ranks": 1, "zero_stage": 0, "lr": 1e-3, "beta": 0.0, "lambda_attn": 0.0, "num_minibatches": 1,
+            "ppo_epochs": 1}
+    base.update(learner)
+    return RLJobConfig.model_validate({
+        "run": {"seed": SEED}, "data": {"prompt_mode": MODE},
+        "rollout": {"temperature": 1.0, "max_new_tokens": 8, "attention_wire_dtype": "float32"},
+        "learner": base,
+    }).model_dump(mode="json")
+
+
+def _learner(port, **learner) -> Learner:
+    return Learner(0, 1, "127.0.0.1", port, _config(**learner), threads=1)
+
+
+@pytest.fixture(scope="module")
+def trajectories():
+    """2 prompts x G=4 responses sampled by the version-0 weights, with mixed-sign advantages."""
+    adapter, model, processor = build_policy("qwen2_5_vl", None, {}, seed=SEED)
+    use_capture_attention(model)
+    samples = generate_samples(GroundedVQAConfig(), "train", 2)
+    prompts = [visual_prompt(s, MODE) for s in samples]
+    # A random tiny model may sample an image-pad token, which the scoring pass then rejects (tokens != image
+    # features): a known rollout-side gap, not the learner's. Take the first sampling seed that avoids it.
+    for seed in range(20):
+        try:
+            gen = generate(adapter, model, processor, prompts, num_samples=G, max_new_tokens=8, temperature=1.0,
+                           capture=True, capture_question=True, seed=seed)
+            break
+        except ValueError as exc:
+            assert "image tokens" in str(exc)
+    expanded = [s for s in samples for _ in range(G)]
+    groups = [i // G for i in range(len(expanded))]
+    trajs = trajectories_from_generation(gen, expanded, groups, version=0, temporal_patch=2, max_new_tokens=8,
+                                         wire_dtype=torch.float32)
+    rewards = torch.tensor([1.0, 0.0, 0.1, 0.9, 0.0, 1.0, 0.3, 0.0])
+    for t, a in zip(trajs, group_advantages(rewards, G).tolist(), strict=True):
+        t.advantage = a
+    assert {a > 0 for a in (t.advantage for t in trajs)} == {True, False}
+    return trajs
+
+
+def _params(learner: Learner) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in learner.engine.module.named_parameters()}
+
+
+SOME = ("model.language_model.layers.3.self_attn.q_proj.weight", "model.language_model.layers.0.mlp.up_proj.weight",
+        "lm_head.weight", "model.visual.blocks.0.attn.qkv.weight")
+
+
+def test_lambda_zero_is_plain_grpo(port, trajectories):
+    lr, wd, clip, beta = 1e-3, 0.01, 0.05, 0.04
+    learner = _learner(port, lr=lr, weight_decay=wd, grad_clip=clip, beta=beta, lambda_attn=0.0)
+    for step in range(2):  # the 2nd step has policy != reference, so the KL term carries gradient
+        stats = learner.train_step(step, trajectories)
+    assert stats["skipped_updates"] == 0 and stats["version"] == 2 and stats["warnings"] == []
+    assert stats["attn_grad_norm_by_minibatch"] == [0.0] and stats["kl"] > 0
+
+    # the same two updates written out with plain torch
+    adapter, model, processor = build_policy("qwen2_5_vl", None, {}, seed=SEED)
+    model.train()
+    ref = copy.deepcopy(model).eval().requires_grad_(False)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=wd)
+    batch = learner_batch(adapter, processor, trajectories, MODE)
+    pad = processor.tokenizer.pad_token_id
+    norms = []
+    for _ in range(2):
+        args = (batch.prompts, batch.response_ids, batch.response_mask, pad)
+        with torch.no_grad():
+            ref_logp, _, _, _ = score_responses(adapter, ref, *args, capture=False)
+        logp, _, _, _ = score_responses(adapter, model, *args, capture=False)
+        policy, _ = clipped_surrogate(logp, batch.old_logprobs, batch.advantages, batch.response_mask, 0.2)
+        loss = policy + beta * aggregate_tokens(k3_kl(logp, ref_logp), batch.response_mask)
+        opt.zero_grad()
+        loss.backward()
+        norms.append(float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip)))
+        opt.step()
+    assert min(norms) > clip  # clipping was active, so it is part of what is compared
+
+    got, want = _params(learner), dict(model.named_parameters())
+    assert learner.param_digest() == pytest.approx(sum(float(p.detach().double().sum()) for p in model.parameters()),
+                                                   abs=1e-4)
+    for name in SOME:
+        assert torch.allclose(got[name], want[name].detach(), atol=1e-6), name
+
+
+@pytest.mark.parametrize("old_policy", ["rollout", "recompute"])
+def test_attention_gradient_is_zero_on_the_first_minibatch_only(port, trajectories, old_policy):
+    if old_policy == "recompute":
+        # fp16 rows on the wire differ from p_theta by rounding; recomputing p_old here must remove that
+        trajectories = [copy.copy(t) for t in trajectories]
+        for t in trajectories:
+            t.attention = t.attention.half()
+    learner = _learner(port, lambda_attn=1.0, num_minibatches=2, old_policy=old_policy)
+    stats = learner.train_step(0, trajectories)
+    by_mb = stats["attn_grad_norm_by_minibatch"]
+    assert len(by_mb) == 2
+    assert by_mb[0] == 0.0 and stats["attn_grad_norm_first"] == 0.0  # theta == theta_old: JSD gradient vanishes
+    assert by_mb[1] > 0.0  # after one update the attention term acts
+    assert stats["warnings"] == [] and stats["attn_jsd"] > 0 and stats["skipped_updates"] == 0
+
+
+def test_one_update_per_batch_warns_and_equals_grpo(port, trajectories):
+    ral = _learner(port, lambda_attn=1.0, old_policy="recompute")
+    assert ral.warnings == [ONE_UPDATE_WARNING]
+    stats = ral.train_step(0, trajectories)
+    assert ONE_UPDATE_WARNING in stats["warnings"] and stats["attn_grad_norm_first"] == 0.0
+    grpo = _learner(port, lambda_attn=0.0, old_policy="recompute")
+    assert grpo.warnings == []
+    grpo.train_step(0, trajectories)
+    assert ral.param_digest() != pytest.approx(_learner_initial_digest(), abs=1e-6)  # it did move
+    assert ral.param_digest() == grpo.param_digest()
+    a, b = _params(ral), _params(grpo)
+    assert all(torch.equal(a[n], b[n]) for n in a)
+
+
+_INITIAL: dict[str, float] = {}
+
+
+def _learner_initial_digest() -> float:
+    if "digest" not in _INITIAL:
+        _, model, _ = build_policy("qwen2_5_vl", None, {}, seed=SEED)
+        _INITIAL["digest"] = float(sum(p.detach().double().sum() for p in model.parameters()))
+    return _INITIAL["digest"]
+
+
+def test_non_finite_inputs_skip_the_update(port, trajectories):
+    learner = _learner(port, lambda_attn=1.0, beta=0.04, num_minibatches=1)
+    before = learner.param_digest()
+    assert before == pytest.approx(_learner_initial_digest(), abs=1e-9)
+
+    bad_adv = [copy.copy(t) for t in trajectories]
+    bad_adv[3].advantage = float("nan")
+    bad_lp = [copy.copy(t) for t in trajectories]
+    bad_lp[5].old_logprobs = bad_lp[5].old_logprobs.clone()
+    bad_lp[5].old_logprobs[0] = float("nan")
+    for step, trajs in enumerate((bad_adv, bad_lp)):
+        stats = learner.train_step(step, trajs)
+        assert stats["skipped_updates"] == 1 and stats["updates"] == 0
+        assert any("non-finite" in w for w in stats["warnings"])
+        assert learner.param_digest() == before
+        assert all(torch.isfinite(p).all() for p in learner.engine.module.parameters())
+
+    stats = learner.train_step(2, trajectories)  # clean data trains again
+    assert stats["skipped_updates"] == 0 and learner.param_digest() != before
+    assert stats["version"] == 3
+
+
+def _logits(adapter, model, processor, trajectories):
+    batch = learner_batch(adapter, processor, trajectories[:3], MODE)
+    with torch.no_grad():
+        return model(**batch.prompts.inputs).logits
+
+
+def test_state_dict_loads_strictly_into_a_fresh_model_zero2(port, trajectories):
+    learner = _learner(port, zero_stage=2, lambda_attn=1.0, num_minibatches=2)
+    stats = learner.train_step(0, trajectories)
+    assert stats["skipped_updates"] == 0 and stats["attn_grad_norm_by_minibatch"][1] > 0
+    state = learner.state_dict()
+    fresh = learner.adapter.model_class()(learner.engine.module.config)
+    fresh.load_state_dict(state, strict=True)
+    fresh.eval()
+    learner.engine.module.eval()
+    want = _logits(learner.adapter, learner.engine.module, learner.processor, trajectories)
+    got = _logits(learner.adapter, fresh, learner.processor, trajectories)
+    assert torch.equal(got, want)
+    assert learner.param_digest() != pytest.approx(_learner_initial_digest(), abs=1e-6)
+
+
+def test_checkpoint_round_trip_restores_version_weights_and_optimizer(port, trajectories, tmp_path):
+    cfg = {"zero_stage": 2, "lambda_attn": 1.0, "num_minibatches": 2}
+    a = _learner(port, **cfg)
+    a.train_step(0, trajectories)
+    a.save_checkpoint(str(tmp_path))
+    b = _learner(port, **cfg)
+    assert b.load_checkpoint(str(tmp_path)) == 1 and b.version == 1
+    assert b.param_digest() == a.param_digest()
+    pa, pb = _params(a), _params(b)
+    assert all(torch.equal(pa[n], pb[n]) for n in pa)
+    # Adam moments came back too: the next update is the same on both
+    a.train_step(1, trajectories)
+    b.train_step(1, trajectories)
+    assert b.param_digest() == a.param_digest()
+
+    adapter = adapter_for_checkpoint(tmp_path)
+    model, processor = adapter.load(tmp_path)
+    for name, p in model.named_parameters():
+        assert torch.equal(p, pa[name]), name

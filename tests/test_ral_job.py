@@ -1,0 +1,102 @@
+"""The RL job end to end: `ray start --head`, `ray job submit`, a few steps, a checkpoint, `--resume`."""
+
+import json
+import math
+import os
+import secrets
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+RAY = str(Path(sys.executable).parent / "ray")
+
+JOB_CONFIG = {
+    "model": {"family": "qwen2_5_vl", "checkpoint": None},
+    "data": {"task": {"seed": 3}, "sizes": {"train": 48, "val": 8, "test": 8}, "prompt_mode": "think"},
+    "rollout": {"num_workers": 2, "prompts_per_step": 2, "group_size": 3, "max_new_tokens": 8,
+                "cpus_per_worker": 0.25},
+    "reward": {"num_workers": 2, "cpus_per_worker": 0.1,
+               "weights": {"task": 0.9, "format": 0.1, "sparsity": 0.5, "consistency": 0.5}},
+    "learner": {"num_ranks": 2, "zero_stage": 2, "lr": 1e-3, "num_minibatches": 2, "lambda_attn": 1.0,
+                "cpus_per_rank": 0.5},
+    "run": {"steps": 3, "checkpoint_every": 2, "heatmap_every": 2, "heatmap_prompts": 2, "timeout_s": 300},
+}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ray_head(tmp_path_factory):
+    """A real Ray head on loopback, stopped afterwards."""
+    dashboard = _free_port()
+    # Token authentication on, as on a real cluster: the head and every client share this token.
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token",
+           "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    env.pop("RAY_ADDRESS", None)
+    cmd = [RAY, "start", "--head", f"--port={_free_port()}", "--node-ip-address=127.0.0.1", "--num-cpus=2",
+           "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
+           "--disable-usage-stats"]
+    subprocess.run(cmd, check=True, env=env, capture_output=True, timeout=180)
+    try:
+        yield f"http://127.0.0.1:{dashboard}", env
+    finally:
+        subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True, timeout=120)
+
+
+def _submit(address: str, env: dict, *args: str) -> subprocess.CompletedProcess:
+    cmd = [RAY, "job", "submit", f"--address={address}", "--", sys.executable, str(ROOT / "jobs" / "ral_grpo.py"),
+           *args]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, cwd=ROOT)
+
+
+def test_tiny_job_through_ray_job_submit_then_resume(ray_head, tmp_path):
+    address, env = ray_head
+    config = tmp_path / "job.yaml"
+    config.write_text(yaml.safe_dump(JOB_CONFIG))
+    run_dir = tmp_path / "run"
+
+    proc = _submit(address, env, "--config", str(config), "--run-dir", str(run_dir))
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and "succeeded" in log, log[-4000:]
+    assert "[ral] step 3/3" in log and "ETA" in log
+
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [0, 1, 2]
+    assert [r["policy_version"] for r in records] == [1, 2, 3]  # the version increases every step
+    assert all(r["weights_in_sync"] for r in records)  # rollout workers hold the learner's weights after sync
+    for r in records:
+        for key in ("reward_mean", "accuracy", "kl", "attn_loss", "attn_grad_norm", "rollout_s", "reward_s",
+                    "learn_s", "sync_s"):
+            assert isinstance(r[key], (int, float)) and math.isfinite(r[key]), (key, r[key])
+        assert r["n_trajectories"] == 2 * 3 and r["sync_bytes"] > 0
+    assert (run_dir / "config.yaml").exists()
+    assert list((run_dir / "heatmaps").glob("step_*/*.png"))
+    last = run_dir / "checkpoints" / "step_000002"
+    assert (last / "model.safetensors").exists() and (last / "controller_state.json").exists()
+
+    proc = _submit(address, env, "--resume", str(run_dir), "--steps", "5")
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and "resumed from" in log, log[-4000:]
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [0, 1, 2, 3, 4]  # continues at the next step
+    assert [r["policy_version"] for r in records] == [1, 2, 3, 4, 5]
+
+
+def test_bad_config_fails_before_any_actor_starts(tmp_path):
+    bad = dict(JOB_CONFIG, learner={**JOB_CONFIG["learner"], "lamda_attn": 1.0})
+    config = tmp_path / "bad.yaml"
+    config.write_text(yaml.safe_dump(bad))
+    proc = subprocess.run([sys.executable, str(ROOT / "jobs" / "ral_grpo.py"), "--config", str(config)],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode != 0
+    assert "learner.lamda_attn" in proc.stderr
+    assert "Ray instance" not in proc.stdout + proc.stderr  # it failed before connecting to or starting Ray
