@@ -160,7 +160,8 @@ class Controller:
             t_step = time.time()
             traj_refs, t_launch = pending
             wait_all(traj_refs, f"rollouts of step {step}", timeout)
-            rollout_s = time.time() - max(t_launch, t_step) if c.run.mode == "sync" else time.time() - t_step
+            # launch → observed done (in one_step_off this overlaps the previous learn), and the time we blocked
+            rollout_s, rollout_wait_s = time.time() - t_launch, time.time() - t_step
             t0 = time.time()
             reward_refs = [self.rewarders[i % len(self.rewarders)].score.remote(ref) for i, ref in enumerate(traj_refs)]
             results = [r for chunk in wait_all(reward_refs, f"rewards of step {step}", timeout) for r in chunk]
@@ -179,13 +180,15 @@ class Controller:
             learn_s = time.time() - t0
             self.version += 1
             sync_s, sync_bytes = self._sync_weights()
+            in_sync = self.weights_in_sync() if c.run.verify_sync else None
             if c.run.mode == "sync" and step + 1 < c.run.steps:
                 pending = self._launch_rollout(step + 1)
 
             record = self._record(step, results, stats, rollout_s, reward_s, learn_s, sync_s, sync_bytes,
                                   int((~finite).sum()), time.time() - t_step)
-            if c.run.verify_sync:
-                record["weights_in_sync"] = self.weights_in_sync()
+            record["rollout_wait_s"] = rollout_wait_s
+            if in_sync is not None:
+                record["weights_in_sync"] = in_sync
             history.append(record)
             self.run.append_metrics(record)
             done = step + 1 - start_step

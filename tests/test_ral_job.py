@@ -83,12 +83,17 @@ def test_tiny_job_through_ray_job_submit_then_resume(ray_head, tmp_path):
     last = run_dir / "checkpoints" / "step_000002"
     assert (last / "model.safetensors").exists() and (last / "controller_state.json").exists()
 
-    proc = _submit(address, env, "--resume", str(run_dir), "--steps", "5")
+    assert all(r["staleness_max"] == 0 for r in records)  # sync mode: always the current weights
+
+    # resume, continuing in one_step_off mode: rollout k+1 overlaps learning k, one version stale at most
+    proc = _submit(address, env, "--resume", str(run_dir), "--steps", "5", "--set", "run.mode=one_step_off")
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0 and "resumed from" in log, log[-4000:]
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [0, 1, 2, 3, 4]  # continues at the next step
     assert [r["policy_version"] for r in records] == [1, 2, 3, 4, 5]
+    assert [r["staleness_max"] for r in records[3:]] == [0, 1]
+    assert all(r["weights_in_sync"] for r in records)
 
 
 def test_bad_config_fails_before_any_actor_starts(tmp_path):
