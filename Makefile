@@ -34,15 +34,9 @@ test: setup
 lint: setup
 	$(VENV)/bin/ruff check .
 
-SFT_CONFIG ?= jobs/configs/sft_tiny_cpu.yaml
-DEMO_DIR ?= runs/demo
-
-# Until the RL job lands: the SFT warm start (trained once, cached by config) and its evaluation with heatmaps.
+# A local Ray head, the tiny RAL job through `ray job submit` (SFT warm start trained once and cached), evaluation.
 demo: setup
-	$(PY) jobs/sft.py --config $(SFT_CONFIG)
-	$(PY) jobs/eval.py --checkpoint "$$($(PY) jobs/sft.py --config $(SFT_CONFIG) --where)" --split test \
-		--json $(DEMO_DIR)/eval_test.json --heatmaps $(DEMO_DIR)/heatmaps
-	@echo "results: $(DEMO_DIR)/eval_test.json, heatmaps: $(DEMO_DIR)/heatmaps/"
+	PY=$(PY) jobs/demo.sh
 
 bench: setup
 	$(PY) bench/attention_capture.py

@@ -46,6 +46,7 @@ class SFTTrainConfig(Strict):
     min_lr_ratio: float = Field(0.1, ge=0, le=1, description="cosine decay floor, as a fraction of lr")
     warmup_steps: int = Field(30, ge=0)
     weight_decay: float = Field(0.01, ge=0)
+    adam_betas: tuple[float, float] = Field((0.9, 0.98), description="AdamW betas (0.98: faster from scratch)")
     grad_clip: float = Field(1.0, gt=0)
     num_workers: int = Field(2, ge=1, description="Ray Train data-parallel workers")
     zero_stage: int = Field(0, ge=0, le=3)

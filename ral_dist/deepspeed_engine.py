@@ -25,10 +25,10 @@ def deepspeed_config(zero_stage: int, micro_batch: int, grad_clip: float, bf16: 
 
 
 def init_engine(model: torch.nn.Module, lr: float, weight_decay: float, zero_stage: int, micro_batch: int,
-                grad_clip: float, bf16: bool = False):
+                grad_clip: float, bf16: bool = False, betas: tuple[float, float] = (0.9, 0.999)):
     """Wrap a model in a DeepSpeed engine with torch AdamW (no fused CUDA optimizer needed on CPU)."""
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=betas)
     engine, optimizer, _, _ = deepspeed.initialize(
         model=model, optimizer=optimizer, config=deepspeed_config(zero_stage, micro_batch, grad_clip, bf16))
     return engine, optimizer

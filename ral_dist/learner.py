@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from ral_dist import metrics
 from ral_dist.algorithms import ral_loss
 from ral_dist.collate import LearnerBatch, learner_batch
 from ral_dist.config import RLJobConfig
@@ -197,6 +198,7 @@ class Learner:
         sq = sum((g.double().pow(2).sum() for g in grads if g is not None), torch.zeros((), dtype=torch.float64))
         return float(sq.sqrt())
 
+    @metrics.timed("learner", record=metrics.record_learner)
     def train_step(self, step: int, trajectories: list, advantages: list[float] | None = None) -> dict:
         """ppo_epochs x num_minibatches updates on this rank's shard of the step; stats averaged over ranks.
 

@@ -60,7 +60,7 @@ def sft_train_loop(loop_config: dict) -> None:
     if rank == 0 and skipped:
         print(f"[sft] skipped {len(skipped)} malformed rows, e.g. line {skipped[0].line}: {skipped[0].reason}")
     engine, optimizer = init_engine(model, tc.lr, tc.weight_decay, tc.zero_stage, micro, tc.grad_clip,
-                                    bf16=cfg.model.dtype == "bfloat16")
+                                    bf16=cfg.model.dtype == "bfloat16", betas=tc.adam_betas)
 
     history: list[dict] = []
     running, t0 = [], time.time()
