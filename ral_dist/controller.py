@@ -21,6 +21,7 @@ import torch
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from ral_dist import logprob_mismatch, metrics
 from ral_dist.algorithms import group_advantages
 from ral_dist.config import RLJobConfig
 from ral_dist.data import Sample
@@ -31,13 +32,23 @@ from ral_dist.run_dir import RunDir
 from ral_dist.sft_trainer import batch_indices, format_eta
 from ral_dist.weight_sync import ObjectStoreTransport
 
+# Failures a run recovers from by restarting its actors from the last checkpoint.
+RECOVERABLE = (ray.exceptions.RayActorError, ray.exceptions.RayTaskError, TimeoutError)
+
 
 def wait_all(refs: list, what: str, timeout_s: float) -> list:
-    """ray.get with a timeout whose error names what it waited for."""
-    ready, pending = ray.wait(list(refs), num_returns=len(refs), timeout=timeout_s)
-    if pending:
-        raise TimeoutError(f"timed out after {timeout_s:.0f}s waiting for {what} ({len(pending)}/{len(refs)} pending)")
-    return ray.get(ready if len(ready) == len(refs) else list(refs))
+    """ray.get of every ref, in order, failing fast: the first error raises at once (a dead learner rank must not
+    leave us waiting for its peers), and a timeout names what it waited for."""
+    refs = list(refs)
+    deadline = time.time() + timeout_s
+    pending = list(refs)
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=1, timeout=max(0.0, deadline - time.time()))
+        if not ready:
+            raise TimeoutError(f"timed out after {timeout_s:.0f}s waiting for {what} "
+                               f"({len(pending)}/{len(refs)} pending)")
+        ray.get(ready)  # raises the actor's or task's error now
+    return ray.get(refs)
 
 
 @ray.remote(num_cpus=0)
@@ -54,13 +65,16 @@ def _nanmean(values: list[float]) -> float:
 
 
 class Controller:
-    def __init__(self, cfg: RLJobConfig, run_dir: RunDir, train: list[Sample], heatmap_samples: list[Sample]):
+    def __init__(self, cfg: RLJobConfig, run_dir: RunDir, train: list[Sample], heatmap_samples: list[Sample],
+                 attempt: int = 0):
         self.cfg = cfg
+        self.attempt = attempt  # recoveries so far; names of a recovered controller's actors carry it
         self.run = run_dir
         self.train = train
         self.heatmap_samples = heatmap_samples
         self.transport = ObjectStoreTransport()
         self.version = 0
+        self.weights: list = []  # [(version, state ref)] once the learner has published weights
         self.pg = None
 
     # ------------------------------------------------------------------ actors
@@ -81,20 +95,23 @@ class Controller:
             return {"scheduling_strategy": PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=index)}
 
         config = c.model_dump(mode="json")
+        prefix = f"ral-{self.run.path.name}" + (f"-r{self.attempt}" if self.attempt else "")
         addr, port = wait_all([_free_address.options(**on(0)).remote()], "a rendezvous port", c.run.timeout_s)[0]
         learner_cls = ray.remote(Learner)
         self.learners = [
-            learner_cls.options(num_cpus=lc.cpus_per_rank, num_gpus=lc.gpus_per_rank, **on(r)).remote(
+            learner_cls.options(name=f"{prefix}-learner-{r}", num_cpus=lc.cpus_per_rank, num_gpus=lc.gpus_per_rank,
+                                **on(r)).remote(
                 r, lc.num_ranks, addr, port, config)
             for r in range(lc.num_ranks)]
         rollout_cls = ray.remote(max_restarts=3, max_task_retries=2)(RolloutWorker)
         self.rollouts = [
-            rollout_cls.options(num_cpus=rc.cpus_per_worker, num_gpus=rc.gpus_per_worker,
-                                **on(lc.num_ranks + i)).remote(i, config)
+            rollout_cls.options(name=f"{prefix}-rollout-{i}", num_cpus=rc.cpus_per_worker,
+                                num_gpus=rc.gpus_per_worker, **on(lc.num_ranks + i)).remote(i, config)
             for i in range(rc.num_workers)]
         reward_cls = ray.remote(max_restarts=3, max_task_retries=2)(RewardWorker)
         self.rewarders = [
-            reward_cls.options(num_cpus=wc.cpus_per_worker, **on(lc.num_ranks + rc.num_workers + i)).remote(config)
+            reward_cls.options(name=f"{prefix}-reward-{i}", num_cpus=wc.cpus_per_worker,
+                               **on(lc.num_ranks + rc.num_workers + i)).remote(config)
             for i in range(wc.num_workers)]
         wait_all([learner.param_digest.remote() for learner in self.learners], "learners to start", c.run.timeout_s)
         wait_all([w.get_version.remote() for w in self.rollouts], "rollout workers to start", c.run.timeout_s)
@@ -110,7 +127,7 @@ class Controller:
     def _launch_rollout(self, step: int) -> tuple[list, float]:
         idx = batch_indices(step, self.cfg.rollout.prompts_per_step, len(self.train), self.cfg.run.seed)
         chunks = np.array_split(np.arange(len(idx)), len(self.rollouts))
-        refs = [w.rollout.remote(step, [self.train[idx[g]] for g in chunk], chunk.tolist())
+        refs = [w.rollout.remote(step, [self.train[idx[g]] for g in chunk], chunk.tolist(), self.weights)
                 for w, chunk in zip(self.rollouts, chunks, strict=True) if len(chunk)]
         return refs, time.time()
 
@@ -118,6 +135,7 @@ class Controller:
         state_refs = [learner.state_dict.remote() for learner in self.learners]  # every rank takes part (ZeRO-3 gathers)
         report = self.transport.push(self.version, state_refs[0], self.rollouts, self.cfg.run.timeout_s,
                                      nbytes=self.sync_bytes)
+        self.weights = [(self.version, state_refs[0])]  # kept alive here: a restarted worker loads it
         wait_all(state_refs[1:], "learner ranks to release the weights", self.cfg.run.timeout_s)
         return report.seconds, report.bytes
 
@@ -156,6 +174,7 @@ class Controller:
         history = []
         pending = self._launch_rollout(start_step)
         t_run = time.time()
+        metrics.record_run_start(c.run.steps)
         for step in range(start_step, c.run.steps):
             t_step = time.time()
             traj_refs, t_launch = pending
@@ -164,7 +183,11 @@ class Controller:
             rollout_s, rollout_wait_s = time.time() - t_launch, time.time() - t_step
             t0 = time.time()
             reward_refs = [self.rewarders[i % len(self.rewarders)].score.remote(ref) for i, ref in enumerate(traj_refs)]
-            results = [r for chunk in wait_all(reward_refs, f"rewards of step {step}", timeout) for r in chunk]
+            batches = wait_all(reward_refs, f"rewards of step {step}", timeout)
+            results = [r for b in batches for r in b.results]
+            accounting = self._account(step, batches, len(results))
+            if not results:
+                raise RuntimeError(f"step {step}: every prompt was skipped: {accounting['skipped']}")
             reward_s = time.time() - t0
 
             rewards = torch.tensor([r.total for r in results], dtype=torch.float32)
@@ -187,10 +210,12 @@ class Controller:
             record = self._record(step, results, stats, rollout_s, reward_s, learn_s, sync_s, sync_bytes,
                                   int((~finite).sum()), time.time() - t_step)
             record["rollout_wait_s"] = rollout_wait_s
+            record.update(accounting)
             if in_sync is not None:
                 record["weights_in_sync"] = in_sync
             history.append(record)
             self.run.append_metrics(record)
+            metrics.record_step(record, pending[0] if step + 1 < c.run.steps else [])
             done = step + 1 - start_step
             eta = (time.time() - t_run) / done * (c.run.steps - step - 1)
             print(self._progress_line(record, eta), flush=True)
@@ -199,6 +224,27 @@ class Controller:
             if (step + 1) % c.run.checkpoint_every == 0 or step + 1 == c.run.steps:
                 self._save_checkpoint(step)
         return history
+
+    def _account(self, step: int, batches: list, n_results: int) -> dict:
+        """Every prompt scheduled this step is either trained on once or skipped with a reason."""
+        G = self.cfg.rollout.group_size
+        scheduled = [g for b in batches for g in b.groups]
+        skipped = {g: (sample_id, why) for b in batches for g, sample_id, why in b.skipped}
+        trained = n_results // G
+        if sorted(scheduled) != list(range(self.cfg.rollout.prompts_per_step)) or \
+                trained + len(skipped) != len(scheduled) or n_results % G:
+            raise RuntimeError(f"step {step}: accounting broken: {len(scheduled)} prompts scheduled, {trained} "
+                               f"trained, {len(skipped)} skipped, {n_results} trajectories for G={G}")
+        restarted = sum(b.worker_restarted for b in batches)
+        if restarted:
+            print(f"[ral] step {step}: {restarted} rollout batch(es) ran on a worker Ray had restarted; it loaded "
+                  f"weights v{self.version} before sampling", flush=True)
+        return {
+            "prompts_scheduled": len(scheduled), "prompts_trained": trained, "prompts_skipped": len(skipped),
+            "skipped": [{"group": g, "id": i, "reason": why} for g, (i, why) in sorted(skipped.items())],
+            "rollout_retries": restarted,
+            **logprob_mismatch.aggregate(batches),  # vllm engine: logprob_mismatch, logprob_mismatch_max
+        }
 
     def _record(self, step, results, stats, rollout_s, reward_s, learn_s, sync_s, sync_bytes, nonfinite,
                 step_s) -> dict:

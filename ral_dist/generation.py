@@ -8,7 +8,8 @@ evaluation (greedy).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 import torch
 
@@ -26,6 +27,7 @@ class Generation:
     attention: torch.Tensor | None = None  # [N, R, T] policy rows of the response tokens
     question_attention: torch.Tensor | None = None  # [N, Q, T] rows of the question tokens (for consistency)
     question_rows: torch.Tensor | None = None  # [N, Q] positions of those rows (-1 = none)
+    seconds: dict[str, float] = field(default_factory=dict)  # wall time of "generation" and "attention_capture"
 
 
 def eos_mask(ids: torch.Tensor, eos_ids: list[int]) -> torch.Tensor:
@@ -88,9 +90,11 @@ def generate(adapter: VLMAdapter, model, processor, prompts: list[VisualPrompt],
     if seed is not None:
         torch.manual_seed(seed)
     sampling = {} if greedy else {"temperature": temperature, "top_p": top_p, "top_k": 0}
+    t0 = time.perf_counter()
     out = model.generate(**batch.inputs, max_new_tokens=max_new_tokens, eos_token_id=eos,
                          pad_token_id=tok.pad_token_id, do_sample=not greedy,
                          suppress_tokens=adapter.banned_token_ids(processor), **sampling)
+    t1 = time.perf_counter()
     response_ids = out[:, batch.prompt_len:]
     if response_ids.shape[1] == 0:
         response_ids = torch.full((len(expanded), 1), tok.pad_token_id, dtype=torch.long)
@@ -102,4 +106,5 @@ def generate(adapter: VLMAdapter, model, processor, prompts: list[VisualPrompt],
         alignment=alignment)
     texts = tok.batch_decode(response_ids * response_mask + tok.pad_token_id * (1 - response_mask),
                              skip_special_tokens=True)
-    return Generation(batch, response_ids, response_mask, logprobs, texts, attention, q_attention, q_rows)
+    seconds = {"generation": t1 - t0, "attention_capture": time.perf_counter() - t1}
+    return Generation(batch, response_ids, response_mask, logprobs, texts, attention, q_attention, q_rows, seconds)

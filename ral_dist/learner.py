@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import datetime
 import json
 import logging
 import math
@@ -26,7 +27,7 @@ from ral_dist.collate import LearnerBatch, learner_batch
 from ral_dist.config import RLJobConfig
 from ral_dist.deepspeed_engine import full_state_dict, init_engine
 from ral_dist.generation import score_responses
-from ral_dist.messages import Trajectory
+from ral_dist.messages import Trajectory, flatten
 from ral_dist.models import build_policy
 from ral_dist.models.capture import use_capture_attention
 
@@ -46,17 +47,12 @@ def _is_vision_param(name: str) -> bool:
 
 
 def _resolve(trajectories: list) -> list[Trajectory]:
-    """The step's trajectories, fetching and flattening Ray object refs (each a list) when given refs."""
+    """The step's trajectories: plain, or Ray object refs each resolving to a RolloutBatch (or a list)."""
     if all(isinstance(t, Trajectory) for t in trajectories):
         return list(trajectories)
     import ray  # only the Ray path needs it; tests run without a Ray cluster
 
-    out: list[Trajectory] = []
-    for item in ray.get([t for t in trajectories if isinstance(t, ray.ObjectRef)]):
-        out.extend(item if isinstance(item, list) else [item])
-    # keep any plain trajectories mixed in (the controller passes one kind, but be lenient)
-    out.extend(t for t in trajectories if isinstance(t, Trajectory))
-    return out
+    return flatten([ray.get(t) if isinstance(t, ray.ObjectRef) else t for t in trajectories])
 
 
 class Learner:
@@ -73,7 +69,9 @@ class Learner:
             torch.cuda.set_device(local_rank)
         self.device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
         if not dist.is_initialized():
-            dist.init_process_group("nccl" if cuda else "gloo", rank=rank, world_size=world_size)
+            # A bounded collective timeout: a dead peer fails the step instead of hanging it forever.
+            dist.init_process_group("nccl" if cuda else "gloo", rank=rank, world_size=world_size,
+                                    timeout=datetime.timedelta(seconds=cfg.run.timeout_s))
         torch.set_num_threads(threads)
         torch.manual_seed(cfg.run.seed)
 

@@ -37,6 +37,25 @@ class Trajectory:
 
 
 @dataclass
+class RolloutBatch:
+    """One rollout worker's share of a step: its trajectories, and the prompts it had to skip (with why)."""
+
+    trajectories: list[Trajectory]
+    groups: list[int]  # the prompt groups this chunk was given
+    skipped: list[tuple[int, str, str]] = field(default_factory=list)  # (group, sample id, reason)
+    worker_restarted: bool = False  # the worker had been restarted by Ray before this call ran
+    engine_stats: dict = field(default_factory=dict)  # vllm engine: log-prob mismatch sums (ral_dist.logprob_mismatch)
+
+
+def flatten(batches: list) -> list[Trajectory]:
+    """Trajectories of RolloutBatch objects (or plain lists of trajectories), in order."""
+    out: list[Trajectory] = []
+    for item in batches:
+        out.extend(item.trajectories if isinstance(item, RolloutBatch) else item)
+    return out
+
+
+@dataclass
 class RewardResult:
     """What a RewardWorker returns for one trajectory (small: the controller never fetches attention maps)."""
 
@@ -45,6 +64,17 @@ class RewardResult:
     total: float
     accuracy: float
     attention_on_target: float  # NaN when the sample has no ground-truth region
+
+
+@dataclass
+class RewardBatch:
+    """A RewardWorker's answer for one RolloutBatch: the scores, plus the batch's accounting (small)."""
+
+    results: list[RewardResult]
+    groups: list[int]
+    skipped: list[tuple[int, str, str]]
+    worker_restarted: bool
+    engine_stats: dict = field(default_factory=dict)  # the RolloutBatch's, passed on to the controller
 
 
 @dataclass

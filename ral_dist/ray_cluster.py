@@ -10,6 +10,9 @@ import ray
 WORKER_ENV_KEYS = ("DS_BUILD_OPS", "TORCH_EXTENSIONS_DIR", "DS_ACCELERATOR", "RAL_DIST_CACHE", "RAY_USAGE_STATS_ENABLED")
 
 
+NAMESPACE = "ral_dist"  # the job's named actors (ral-<run>-<role>-<i>) live here
+
+
 def worker_env() -> dict[str, str]:
     env = {"DS_BUILD_OPS": "0", "RAY_USAGE_STATS_ENABLED": "0",
            "TORCH_EXTENSIONS_DIR": os.path.expanduser("~/.cache/ral_dist/torch_extensions")}
@@ -23,8 +26,8 @@ def connect(num_cpus: int | None = None) -> None:
         return
     runtime_env = {"env_vars": worker_env()}
     if os.environ.get("RAY_ADDRESS"):
-        ray.init(runtime_env=runtime_env, log_to_driver=True)
+        ray.init(namespace=NAMESPACE, runtime_env=runtime_env, log_to_driver=True)
     else:
         # address="local": a private cluster, never one a `ray start` happened to leave on this machine
-        ray.init(address="local", num_cpus=num_cpus, _node_ip_address="127.0.0.1", include_dashboard=False,
+        ray.init(address="local", namespace=NAMESPACE, num_cpus=num_cpus, _node_ip_address="127.0.0.1", include_dashboard=False,
                  runtime_env=runtime_env, log_to_driver=True)

@@ -21,12 +21,9 @@ class SyncReport:
 
 
 class WeightTransport(Protocol):
-    def push(self, version: int, state_ref: ray.ObjectRef, workers: list, timeout_s: float) -> SyncReport:
+    def push(self, version: int, state_ref: ray.ObjectRef, workers: list, timeout_s: float,
+             nbytes: int = 0) -> SyncReport:
         """Make every worker hold ``version`` before returning (or raise naming what timed out)."""
-
-
-def state_bytes(state: dict) -> int:
-    return sum(t.numel() * t.element_size() for t in state.values())
 
 
 class ObjectStoreTransport:

@@ -93,3 +93,18 @@ def test_unknown_family_and_missing_checkpoint_are_clear_errors(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
     with pytest.raises(ValueError, match="unknown model family 'bert'"):
         adapter_for_checkpoint(tmp_path)
+
+
+def test_checkpoint_that_does_not_match_the_model_is_a_clear_error(tmp_path):
+    adapter = get_adapter("qwen2_5_vl")
+    model, proc = adapter.build_tiny(seed=0)
+    model.save_pretrained(tmp_path, safe_serialization=True)
+    proc.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["text_config"]["intermediate_size"] = 384  # the weights on disk no longer fit this architecture
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises((ValueError, RuntimeError), match="mismatched"):
+        adapter.load(tmp_path)
+    other, _ = get_adapter("idefics3").build_tiny()
+    with pytest.raises(RuntimeError, match="Missing key|Unexpected key"):
+        other.load_state_dict(model.state_dict(), strict=True)  # what a rollout worker's weight sync does

@@ -2,18 +2,13 @@
 
 import json
 import math
-import os
-import secrets
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-RAY = str(Path(sys.executable).parent / "ray")
 
 JOB_CONFIG = {
     "model": {"family": "qwen2_5_vl", "checkpoint": None},
@@ -28,43 +23,12 @@ JOB_CONFIG = {
 }
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def ray_head(tmp_path_factory):
-    """A real Ray head on loopback, stopped afterwards."""
-    dashboard = _free_port()
-    # Token authentication on, as on a real cluster: the head and every client share this token.
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token",
-           "RAY_AUTH_TOKEN": secrets.token_hex(32)}
-    env.pop("RAY_ADDRESS", None)
-    cmd = [RAY, "start", "--head", f"--port={_free_port()}", "--node-ip-address=127.0.0.1", "--num-cpus=2",
-           "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
-           "--disable-usage-stats"]
-    subprocess.run(cmd, check=True, env=env, capture_output=True, timeout=180)
-    try:
-        yield f"http://127.0.0.1:{dashboard}", env
-    finally:
-        subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True, timeout=120)
-
-
-def _submit(address: str, env: dict, *args: str) -> subprocess.CompletedProcess:
-    cmd = [RAY, "job", "submit", f"--address={address}", "--", sys.executable, str(ROOT / "jobs" / "ral_grpo.py"),
-           *args]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, cwd=ROOT)
-
-
 def test_tiny_job_through_ray_job_submit_then_resume(ray_head, tmp_path):
-    address, env = ray_head
     config = tmp_path / "job.yaml"
     config.write_text(yaml.safe_dump(JOB_CONFIG))
     run_dir = tmp_path / "run"
 
-    proc = _submit(address, env, "--config", str(config), "--run-dir", str(run_dir))
+    proc = ray_head.submit("--config", str(config), "--run-dir", str(run_dir))
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0 and "succeeded" in log, log[-4000:]
     assert "[ral] step 3/3" in log and "ETA" in log
@@ -86,7 +50,7 @@ def test_tiny_job_through_ray_job_submit_then_resume(ray_head, tmp_path):
     assert all(r["staleness_max"] == 0 for r in records)  # sync mode: always the current weights
 
     # resume, continuing in one_step_off mode: rollout k+1 overlaps learning k, one version stale at most
-    proc = _submit(address, env, "--resume", str(run_dir), "--steps", "5", "--set", "run.mode=one_step_off")
+    proc = ray_head.submit("--resume", str(run_dir), "--steps", "5", "--set", "run.mode=one_step_off")
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0 and "resumed from" in log, log[-4000:]
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]

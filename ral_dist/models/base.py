@@ -108,9 +108,15 @@ class VLMAdapter(ABC):
 
     def load(self, path: str | Path, dtype: torch.dtype = torch.float32, attn_implementation: str = "sdpa"):
         """A checkpoint saved with ``save_pretrained`` (safetensors only) and its processor."""
-        model = self.model_class().from_pretrained(
-            str(path), dtype=dtype, attn_implementation=attn_implementation, use_safetensors=True
+        model, info = self.model_class().from_pretrained(
+            str(path), dtype=dtype, attn_implementation=attn_implementation, use_safetensors=True,
+            output_loading_info=True,
         )
+        # transformers only notes a mismatch and re-initialises those weights; a checkpoint must fit exactly.
+        problems = {k: v for k, v in info.items() if v and k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
+        if problems:
+            detail = "; ".join(f"{k}: {sorted(map(str, v))[:5]}" for k, v in problems.items())
+            raise ValueError(f"checkpoint {path} does not match its {self.family} model ({detail})")
         model.eval()
         return model, self.load_processor(path)
 

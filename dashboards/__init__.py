@@ -1,0 +1,1 @@
+"""Grafana dashboards (grafana-foundation-sdk), Prometheus scrape config and alert rules for ral_dist runs."""

@@ -1,0 +1,159 @@
+"""Shared fixtures: a real Ray head on loopback (token auth on) and job submission to it."""
+
+import importlib.util
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+RAY = str(Path(sys.executable).parent / "ray")
+
+
+
+def _vllm_installed() -> bool:
+    """A real vllm (with tests/ on sys.path, tests/vllm itself is found as a namespace package `vllm`)."""
+    spec = importlib.util.find_spec("vllm")
+    return spec is not None and spec.origin is not None
+
+
+# tests/vllm runs in the vLLM environment only (`make test-vllm`): the main environment never collects it.
+collect_ignore = [] if _vllm_installed() else ["vllm"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RayHead:
+    """`ray start --head` on 127.0.0.1, driven through Ray's CLI in subprocesses (which read the auth token from
+    their environment; this test process imported ray before the token existed)."""
+
+    def __init__(self, env: dict, dashboard: str, gcs: str):
+        self.env, self.dashboard, self.gcs = env, dashboard, gcs
+
+    def ray(self, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+        return subprocess.run([RAY, *args], env=self.env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+    def submit(self, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+        """`ray job submit` of jobs/ral_grpo.py, waiting for the end and streaming its logs."""
+        return self.ray("job", "submit", f"--address={self.dashboard}", "--", sys.executable,
+                        str(ROOT / "jobs" / "ral_grpo.py"), *args, timeout=timeout)
+
+    def submit_async(self, *args: str) -> str:
+        job_id = f"test-{secrets.token_hex(4)}"
+        proc = self.ray("job", "submit", f"--address={self.dashboard}", f"--submission-id={job_id}", "--no-wait",
+                        "--", sys.executable, str(ROOT / "jobs" / "ral_grpo.py"), *args, timeout=120)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return job_id
+
+    def status(self, job_id: str) -> str:
+        proc = self.ray("job", "status", f"--address={self.dashboard}", job_id, timeout=60)
+        out = proc.stdout + proc.stderr
+        for word in ("SUCCEEDED", "FAILED", "STOPPED", "RUNNING", "PENDING"):
+            if word in out or word.lower() in out:  # "Job 'x' succeeded", "... is currently RUNNING"
+                return word
+        raise RuntimeError(f"`ray job status {job_id}` said: {out[-1000:]}")
+
+    def wait(self, job_id: str, timeout: float = 900) -> str:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            status = self.status(job_id)
+            if status in ("SUCCEEDED", "FAILED", "STOPPED"):
+                return status
+            time.sleep(1)
+        raise TimeoutError(f"job {job_id} still running after {timeout}s")
+
+    def stop(self, job_id: str) -> None:
+        self.ray("job", "stop", f"--address={self.dashboard}", job_id, timeout=120)
+
+    def logs(self, job_id: str) -> str:
+        proc = self.ray("job", "logs", f"--address={self.dashboard}", job_id, timeout=60)
+        return proc.stdout + proc.stderr
+
+    def kill_after_steps(self, metrics_file: Path, plan: list[tuple[int, str]],
+                         namespace: str = "ral_dist") -> subprocess.Popen:
+        """Start a client process of this cluster that, for each (n, pattern) of ``plan`` in order, waits until
+        ``metrics_file`` holds n steps and then `ray.kill`s (restart allowed) the live actor whose name matches
+        ``pattern`` (a regex: a recovered controller's actors carry an -r<N> suffix). Connected before the job
+        starts, so a kill lands within milliseconds of the step it follows. Prints each killed name."""
+        code = f"""
+import re, sys, time, ray
+from pathlib import Path
+from ray.util.state import list_actors
+ray.init(address={self.gcs!r}, namespace={namespace!r}, log_to_driver=False)
+print("connected", flush=True)
+metrics = Path({str(metrics_file)!r})
+for steps, pattern in {plan!r}:
+    deadline = time.time() + 600
+    while not metrics.exists() or len(metrics.read_text().splitlines()) < steps:
+        if time.time() > deadline:
+            sys.exit(f"never reached {{steps}} steps")
+        time.sleep(0.05)
+    for _ in range(200):
+        names = [a.name for a in list_actors(filters=[("state", "=", "ALIVE")], limit=1000)
+                 if a.name and re.fullmatch(pattern, a.name)]
+        if names:
+            ray.kill(ray.get_actor(names[0]), no_restart=False)
+            print("killed", names[0], "after", steps, flush=True)
+            break
+        time.sleep(0.1)
+    else:
+        sys.exit("no live actor matches " + pattern)
+"""
+        proc = subprocess.Popen([sys.executable, "-c", code], env=self.env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        assert proc.stdout.readline().strip() == "connected", proc.stderr.read()[-2000:]
+        return proc
+
+
+def stop_head(temp_dir: str) -> None:
+    """Stop the Ray processes of one head (found by its temp dir), and everything they started.
+
+    Not `ray stop --force`: that kills every Ray process on the machine, other clusters included.
+    """
+    import psutil
+
+    roots = []
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if any(temp_dir in arg for arg in proc.info["cmdline"] or []):
+                roots.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    victims = {p.pid: p for root in roots for p in [root, *root.children(recursive=True)]}
+    for proc in victims.values():
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(list(victims.values()), timeout=30)
+
+
+@pytest.fixture(scope="module")
+def ray_head():
+    """A real Ray head on loopback with token authentication for one test module, stopped at its end."""
+    dashboard, gcs = free_port(), free_port()
+    temp_dir = tempfile.mkdtemp(prefix="rayt", dir="/tmp")  # short: Ray's socket paths live under it
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token",
+           "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    env.pop("RAY_ADDRESS", None)
+    cmd = [RAY, "start", "--head", f"--port={gcs}", "--node-ip-address=127.0.0.1", "--num-cpus=2",
+           "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
+           f"--temp-dir={temp_dir}", "--disable-usage-stats",
+           f"--dashboard-agent-listen-port={free_port()}"]  # the default (52365) is taken by any other head here
+    subprocess.run(cmd, check=True, env=env, capture_output=True, timeout=180)
+    try:
+        yield RayHead(env, f"http://127.0.0.1:{dashboard}", f"127.0.0.1:{gcs}")
+    finally:
+        stop_head(temp_dir)
+        shutil.rmtree(temp_dir, ignore_errors=True)
