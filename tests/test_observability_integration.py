@@ -34,7 +34,9 @@ from ral_dist import metrics  # noqa: E402
 RAY = str(Path(sys.executable).parent / "ray")
 SCRAPE_INTERVAL_S = 1
 
-# Like tests/test_ral_job.py: a tiny random model, 3 steps; no heatmaps, one checkpoint (the last step's).
+# Like tests/test_ral_job.py: a tiny random model; no heatmaps, one checkpoint (the last step's). Enough steps
+# that every counter increases across several 1 s scrapes: rate() needs two samples that differ, and a 3-step
+# run on a quiet machine can finish between two exporter reports.
 JOB_CONFIG = {
     "model": {"family": "qwen2_5_vl", "checkpoint": None},
     "data": {"task": {"seed": 3}, "sizes": {"train": 48, "val": 8, "test": 8}, "prompt_mode": "think"},
@@ -44,7 +46,7 @@ JOB_CONFIG = {
                "weights": {"task": 0.9, "format": 0.1, "sparsity": 0.5, "consistency": 0.5}},
     "learner": {"num_ranks": 2, "zero_stage": 2, "lr": 1e-3, "num_minibatches": 2, "lambda_attn": 1.0,
                 "cpus_per_rank": 0.5},
-    "run": {"steps": 3, "checkpoint_every": 100, "heatmap_every": 100, "heatmap_prompts": 0, "timeout_s": 300},
+    "run": {"steps": 10, "checkpoint_every": 100, "heatmap_every": 100, "heatmap_prompts": 0, "timeout_s": 300},
 }
 
 # Panels of Ray's own GPU metrics, which a node exports only when it has GPUs: exempt from the "returns data"
@@ -156,7 +158,7 @@ def test_dashboards_show_a_real_run(metrics_ray_head, prometheus, tmp_path):
     t_start = time.time()
     proc = _submit(address, env, config, tmp_path / "run")
     log = proc.stdout + proc.stderr
-    assert proc.returncode == 0 and "[ral] step 3/3" in log, log[-4000:]
+    assert proc.returncode == 0 and "[ral] step 10/10" in log, log[-4000:]
     time.sleep(4 * SCRAPE_INTERVAL_S + 2)  # the exporter's last report, then a final scrape
     t_end = time.time()
 
