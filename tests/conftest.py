@@ -80,35 +80,43 @@ class RayHead:
         proc = self.ray("job", "logs", f"--address={self.dashboard}", job_id, timeout=60)
         return proc.stdout + proc.stderr
 
-    def kill_after_steps(self, metrics_file: Path, plan: list[tuple[int, str]],
+    def kill_after_steps(self, metrics_file: Path, plan: list[tuple[int, str, bool]],
                          namespace: str = "ral_dist") -> subprocess.Popen:
-        """Start a client process of this cluster that, for each (n, pattern) of ``plan`` in order, waits until
-        ``metrics_file`` holds n steps and then `ray.kill`s (restart allowed) the live actor whose name matches
-        ``pattern`` (a regex: a recovered controller's actors carry an -r<N> suffix). Connected before the job
-        starts, so a kill lands within milliseconds of the step it follows. Prints each killed name."""
+        """Start a client process of this cluster that, for each (n, pattern, await_retry) of ``plan`` in order,
+        waits until ``metrics_file`` holds n more steps than at the previous kill, then `ray.kill`s (restart
+        allowed) the live actor whose name matches ``pattern`` (a regex: a recovered controller's actors carry an
+        -r<N> suffix); with ``await_retry`` it then waits until a step records a rollout that ran on a restarted
+        worker (a kill takes effect asynchronously; tiny steps are faster than an actor restart). Connected
+        before the job starts. Prints each killed name."""
         code = f"""
-import re, sys, time, ray
+import json, re, sys, time, ray
 from pathlib import Path
 from ray.util.state import list_actors
 ray.init(address={self.gcs!r}, namespace={namespace!r}, log_to_driver=False)
 print("connected", flush=True)
 metrics = Path({str(metrics_file)!r})
-for steps, pattern in {plan!r}:
+
+def records():
+    return [json.loads(l) for l in metrics.read_text().splitlines()] if metrics.exists() else []
+
+def wait_for(cond, what):
     deadline = time.time() + 600
-    while not metrics.exists() or len(metrics.read_text().splitlines()) < steps:
+    while not cond():
         if time.time() > deadline:
-            sys.exit(f"never reached {{steps}} steps")
+            sys.exit("timed out waiting for " + what)
         time.sleep(0.05)
-    for _ in range(200):
-        names = [a.name for a in list_actors(filters=[("state", "=", "ALIVE")], limit=1000)
-                 if a.name and re.fullmatch(pattern, a.name)]
-        if names:
-            ray.kill(ray.get_actor(names[0]), no_restart=False)
-            print("killed", names[0], "after", steps, flush=True)
-            break
-        time.sleep(0.1)
-    else:
-        sys.exit("no live actor matches " + pattern)
+
+seen = 0
+for steps, pattern, await_retry in {plan!r}:
+    wait_for(lambda: len(records()) >= seen + steps, f"{{seen + steps}} steps")
+    names = []
+    wait_for(lambda: names.extend(a.name for a in list_actors(filters=[("state", "=", "ALIVE")], limit=1000)
+                                  if a.name and re.fullmatch(pattern, a.name)) or names, "a live " + pattern)
+    ray.kill(ray.get_actor(names[0]), no_restart=False)
+    print("killed", names[0], flush=True)
+    if await_retry:
+        wait_for(lambda: any(r.get("rollout_retries") for r in records()), "a rollout on the restarted worker")
+    seen = len(records())
 """
         proc = subprocess.Popen([sys.executable, "-c", code], env=self.env, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)

@@ -48,13 +48,13 @@ def _assert_accounted(records: list[dict], steps: int) -> None:
 
 
 def test_killed_actors_are_replaced_and_no_prompt_is_lost(ray_head, tmp_path):
-    """`ray.kill` a rollout worker after step 0 and a reward worker after step 1 (both restartable), then a learner
-    rank after step 3 (not restartable: the job recovers from its last checkpoint)."""
+    """`ray.kill` a rollout worker, then a reward worker (both restartable), then a learner rank (not restartable:
+    the job recovers from its last checkpoint), one after the other while the job runs."""
     run_dir = tmp_path / "run"
     name = rf"ral-{run_dir.name}(-r\d+)?"
     killer = ray_head.kill_after_steps(run_dir / "metrics.jsonl", [
-        (1, f"{name}-rollout-0"), (2, f"{name}-reward-0"), (4, f"{name}-learner-1")])
-    config = _config(tmp_path, run={"steps": 8, "timeout_s": 60})
+        (1, f"{name}-rollout-0", True), (1, f"{name}-reward-0", False), (2, f"{name}-learner-1", False)])
+    config = _config(tmp_path, run={"steps": 24, "timeout_s": 60})
     job = ray_head.submit_async("--config", str(config), "--run-dir", str(run_dir))
     assert ray_head.wait(job) == "SUCCEEDED", ray_head.logs(job)[-4000:]
     out, err = killer.communicate(timeout=60)
@@ -63,7 +63,7 @@ def test_killed_actors_are_replaced_and_no_prompt_is_lost(ray_head, tmp_path):
     assert "recovering from the last checkpoint" in logs  # the learner's death failed a step; the job went on
     # the restarted rollout worker sampled again only after loading the current weights
     assert "ran on a worker Ray had restarted; it loaded weights" in logs
-    _assert_accounted(_records(run_dir), 8)  # steps redone after the recovery are recorded once
+    _assert_accounted(_records(run_dir), 24)  # steps redone after the recovery are recorded once
 
 
 def test_killed_driver_resumes_exactly(ray_head, tmp_path):
