@@ -29,7 +29,7 @@ from ral_dist.learner import Learner
 from ral_dist.reward_worker import RewardWorker
 from ral_dist.rollout_worker import RolloutWorker
 from ral_dist.run_dir import RunDir
-from ral_dist.sft_trainer import batch_indices, format_eta
+from ral_dist.schedule import batch_indices, format_eta
 from ral_dist.weight_sync import ObjectStoreTransport
 
 # Failures a run recovers from by restarting its actors from the last checkpoint.

@@ -12,7 +12,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import ray.train
 import torch
 import torch.distributed as dist
@@ -22,22 +21,7 @@ from ral_dist.data import read_dataset
 from ral_dist.deepspeed_engine import cosine_lr, full_state_dict, init_engine, set_lr
 from ral_dist.models import build_policy
 from ral_dist.prompting import sft_batch
-
-
-def batch_indices(step: int, batch_size: int, n: int, seed: int) -> np.ndarray:
-    """Global batch ``step`` of an endless stream of seeded epoch permutations of range(n)."""
-    start = step * batch_size
-    out = []
-    while len(out) < batch_size:
-        epoch, offset = divmod(start + len(out), n)
-        perm = np.random.default_rng([seed, epoch]).permutation(n)
-        out.extend(perm[offset : offset + batch_size - len(out)].tolist())
-    return np.asarray(out)
-
-
-def format_eta(seconds: float) -> str:
-    seconds = int(max(0, seconds))
-    return f"{seconds // 60}m{seconds % 60:02d}s"
+from ral_dist.schedule import batch_indices, format_eta
 
 
 def sft_train_loop(loop_config: dict) -> None:

@@ -27,6 +27,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the dashboards package lives at the repository root
 
+from tiny_job import TINY_JOB  # noqa: E402
+
 from dashboards import build, monitor  # noqa: E402
 from dashboards.common import resolve  # noqa: E402
 from ral_dist import metrics  # noqa: E402
@@ -34,20 +36,11 @@ from ral_dist import metrics  # noqa: E402
 RAY = str(Path(sys.executable).parent / "ray")
 SCRAPE_INTERVAL_S = 1
 
-# Like tests/test_ral_job.py: a tiny random model; no heatmaps, one checkpoint (the last step's). Enough steps
+# The tiny job of tests/test_ral_job.py without heatmaps and with one checkpoint (the last step's). Enough steps
 # that every counter increases across several 1 s scrapes: rate() needs two samples that differ, and a 3-step
 # run on a quiet machine can finish between two exporter reports.
-JOB_CONFIG = {
-    "model": {"family": "qwen2_5_vl", "checkpoint": None},
-    "data": {"task": {"seed": 3}, "sizes": {"train": 48, "val": 8, "test": 8}, "prompt_mode": "think"},
-    "rollout": {"num_workers": 2, "prompts_per_step": 2, "group_size": 3, "max_new_tokens": 8,
-                "cpus_per_worker": 0.25},
-    "reward": {"num_workers": 2, "cpus_per_worker": 0.1,
-               "weights": {"task": 0.9, "format": 0.1, "sparsity": 0.5, "consistency": 0.5}},
-    "learner": {"num_ranks": 2, "zero_stage": 2, "lr": 1e-3, "num_minibatches": 2, "lambda_attn": 1.0,
-                "cpus_per_rank": 0.5},
-    "run": {"steps": 10, "checkpoint_every": 100, "heatmap_every": 100, "heatmap_prompts": 0, "timeout_s": 300},
-}
+JOB_CONFIG = dict(TINY_JOB, run={"steps": 10, "checkpoint_every": 100, "heatmap_every": 100, "heatmap_prompts": 0,
+                                 "timeout_s": 300})
 
 # Panels of Ray's own GPU metrics, which a node exports only when it has GPUs: exempt from the "returns data"
 # check on a machine without them (their expressions are still parsed by test_observability_static).

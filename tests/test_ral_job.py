@@ -7,20 +7,11 @@ import sys
 from pathlib import Path
 
 import yaml
+from tiny_job import TINY_JOB
 
 ROOT = Path(__file__).resolve().parents[1]
 
-JOB_CONFIG = {
-    "model": {"family": "qwen2_5_vl", "checkpoint": None},
-    "data": {"task": {"seed": 3}, "sizes": {"train": 48, "val": 8, "test": 8}, "prompt_mode": "think"},
-    "rollout": {"num_workers": 2, "prompts_per_step": 2, "group_size": 3, "max_new_tokens": 8,
-                "cpus_per_worker": 0.25},
-    "reward": {"num_workers": 2, "cpus_per_worker": 0.1,
-               "weights": {"task": 0.9, "format": 0.1, "sparsity": 0.5, "consistency": 0.5}},
-    "learner": {"num_ranks": 2, "zero_stage": 2, "lr": 1e-3, "num_minibatches": 2, "lambda_attn": 1.0,
-                "cpus_per_rank": 0.5},
-    "run": {"steps": 3, "checkpoint_every": 2, "heatmap_every": 2, "heatmap_prompts": 2, "timeout_s": 300},
-}
+JOB_CONFIG = TINY_JOB
 
 
 def test_tiny_job_through_ray_job_submit_then_resume(ray_head, tmp_path):
