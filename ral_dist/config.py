@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ral_dist.data import GroundedVQAConfig
 
@@ -66,9 +66,10 @@ class SFTJobConfig(Strict):
 class VLLMConfig(Strict):
     """Settings of the vllm rollout engine (ral_dist/vllm_engine.py); ignored by the hf engine."""
 
-    weight_sync: Literal["bytes", "nccl"] = Field(
-        "bytes", description="bytes: safetensors bytes on CPU through a worker extension; nccl: vLLM's "
-                             "weight-transfer API from learner rank 0 (GPU clusters only)")
+    weight_sync: Literal["bytes", "nccl", "gloo"] = Field(
+        "bytes", description="bytes: safetensors bytes through a worker extension; nccl: broadcast from learner "
+                             "rank 0 through vLLM's weight-transfer API (GPUs only); gloo: the same broadcast and "
+                             "handshake over gloo (CPU)")
     sync_timeout_s: float = Field(120, gt=0, description="longest wait for one weight load into the engine")
     sync_retries: int = Field(1, ge=0, description="retries of a failed or timed-out load before the step fails")
     max_images: int = Field(4, ge=1, description="images (video frames count as images) per prompt")
@@ -132,8 +133,24 @@ class LearnerConfig(Strict):
     loss_agg: Literal["token_mean", "seq_mean"] = "token_mean"
     old_policy: Literal["rollout", "recompute"] = Field(
         "rollout", description="p_old/old log-probs from the rollout (behaviour policy) or recomputed here")
+    tis_cap: float | None = Field(
+        None, ge=1, description="truncated importance sampling (Yao et al. 2025; veRL tis_imp_ratio_cap, 2.0 there): "
+                                "weight each token's policy-gradient term by min(pi_learner/pi_rollout, tis_cap), the "
+                                "learner's recomputed old prob over the rollout engine's; needs old_policy=recompute; "
+                                "None = off")
+    attn_grad_norm_every: int = Field(
+        1, ge=1, description="measure the attention term's own gradient norm (an extra backward through the graph, "
+                             "about a quarter of a tiny RAL step) on every N-th step only; NaN on the others")
     cpus_per_rank: float = Field(0.5, gt=0)
     gpus_per_rank: float = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _tis_needs_recompute(self) -> LearnerConfig:
+        if self.tis_cap is not None and self.old_policy != "recompute":
+            raise ValueError(f"tis_cap={self.tis_cap} weights by the learner's recomputed old log-probs over the "
+                             "rollout's, so it needs learner.old_policy='recompute' (with 'rollout' the two are the same "
+                             "values and every weight would be 1)")
+        return self
 
 
 class RLRunConfig(Strict):
@@ -159,6 +176,69 @@ class RLJobConfig(Strict):
     @property
     def updates_per_rollout_batch(self) -> int:
         return self.learner.ppo_epochs * self.learner.num_minibatches
+
+
+class TeacherConfig(Strict):
+    """The frozen teacher of on-policy (attention) distillation (RAL.md §5) and its actors."""
+
+    family: Literal["qwen2_5_vl", "qwen2_vl", "idefics3"] = Field(
+        "qwen2_5_vl", description="family of a tiny teacher (a checkpoint's own config.json decides otherwise); "
+                                  "must be the student's")
+    checkpoint: str | None = Field(
+        None, description="Hugging Face checkpoint dir of a larger model of the student's family, or sft:CONFIG "
+                          "(the cached SFT checkpoint of that config, trained if missing); None builds a random "
+                          "tiny model (tests)")
+    tiny: dict[str, Any] = Field(default_factory=dict,
+                                 description="overrides of a random tiny teacher's config, e.g. {text: {hidden_size: 192}}")
+    seed: int = Field(1, description="initialisation seed of a random tiny teacher")
+    dtype: Literal["float32", "bfloat16"] = Field("float32", description="the teacher's weights and forward")
+    num_workers: int = Field(1, ge=1, description="TeacherActors; rollout chunks are spread over them round robin")
+    cpus_per_worker: float = Field(0.25, gt=0, description="CPUs of each TeacherActor's placement-group bundle")
+    gpus_per_worker: float = Field(0, ge=0, description="GPUs per TeacherActor; with more than one the model is "
+                                                        "split over them (accelerate's device map)")
+    batch_size: int = Field(8, ge=1, description="trajectories per teacher forward pass")
+    top_k: int | None = Field(None, ge=1, description="the teacher token distribution sent to the learners: None = "
+                                                      "full log-probs over the vocabulary; k = its top-k log-probs "
+                                                      "(the rest is one residual bucket, 1 - their mass)")
+    attention_wire_dtype: Literal["float16", "float32"] = Field(
+        "float32", description="dtype of the teacher's attention rows in the object store")
+    queue_size: int = Field(4, ge=1, description="teacher calls (one per rollout chunk) submitted and not yet "
+                                                 "consumed by the learners, at most; further chunks wait for a slot "
+                                                 "(back-pressure). At least rollout.num_workers (one step's chunks)")
+    audit_steps: int = Field(0, ge=0, description="the first N steps' trajectories and teacher targets are saved "
+                                                  "to RUN_DIR/teacher_audit/ for offline checks (tests)")
+
+
+class DistillConfig(Strict):
+    """Weights of the distillation terms added to the student's GRPO loss (RAL.md §5)."""
+
+    mu: float = Field(1.0, ge=0, description="weight of reverse KL(student || teacher) on the response tokens "
+                                             "(paper silent; project default)")
+    gamma_attn: float = Field(0.5, ge=0, description="weight of the mean JSD(student attention || teacher "
+                                                     "attention) over the response rows, no advantage weighting; "
+                                                     "0 = on-policy KD, the baseline (paper: 0.05, 0.5, 1)")
+
+
+class DistillJobConfig(RLJobConfig):
+    """jobs/ral_distill.py: the RL job's student side plus a teacher; learner.lambda_attn defaults to 0 (GRPO)."""
+
+    learner: LearnerConfig = Field(default_factory=lambda: LearnerConfig(lambda_attn=0.0),
+                                   description="the student's learners; lambda_attn (the RAL term) defaults to 0")
+    teacher: TeacherConfig = Field(default_factory=TeacherConfig)
+    distill: DistillConfig = Field(default_factory=DistillConfig)
+
+    @model_validator(mode="after")
+    def _queue_holds_a_step(self) -> DistillJobConfig:
+        if self.teacher.queue_size < self.rollout.num_workers:
+            # the learners consume a whole step's chunks at once: a smaller queue could never hold them all
+            raise ValueError(f"teacher.queue_size ({self.teacher.queue_size}) must be >= rollout.num_workers "
+                             f"({self.rollout.num_workers}), the teacher calls of one step")
+        return self
+
+
+def job_config(config: dict) -> RLJobConfig:
+    """The validated config of either job (a ``teacher`` section makes it a distillation job)."""
+    return (DistillJobConfig if "teacher" in config else RLJobConfig).model_validate(config)
 
 
 C = TypeVar("C", bound=BaseModel)

@@ -25,30 +25,16 @@ from ral_dist import logprob_mismatch, metrics
 from ral_dist.algorithms import group_advantages
 from ral_dist.config import RLJobConfig
 from ral_dist.data import Sample
-from ral_dist.learner import Learner
+from ral_dist.learner import TIS_STATS, Learner
+from ral_dist.ray_cluster import wait_all
 from ral_dist.reward_worker import RewardWorker
 from ral_dist.rollout_worker import RolloutWorker
 from ral_dist.run_dir import RunDir
 from ral_dist.schedule import batch_indices, format_eta
-from ral_dist.weight_sync import ObjectStoreTransport
+from ral_dist.weight_sync import make_transport
 
 # Failures a run recovers from by restarting its actors from the last checkpoint.
 RECOVERABLE = (ray.exceptions.RayActorError, ray.exceptions.RayTaskError, TimeoutError)
-
-
-def wait_all(refs: list, what: str, timeout_s: float) -> list:
-    """ray.get of every ref, in order, failing fast: the first error raises at once (a dead learner rank must not
-    leave us waiting for its peers), and a timeout names what it waited for."""
-    refs = list(refs)
-    deadline = time.time() + timeout_s
-    pending = list(refs)
-    while pending:
-        ready, pending = ray.wait(pending, num_returns=1, timeout=max(0.0, deadline - time.time()))
-        if not ready:
-            raise TimeoutError(f"timed out after {timeout_s:.0f}s waiting for {what} "
-                               f"({len(pending)}/{len(refs)} pending)")
-        ray.get(ready)  # raises the actor's or task's error now
-    return ray.get(refs)
 
 
 @ray.remote(num_cpus=0)
@@ -72,7 +58,7 @@ class Controller:
         self.run = run_dir
         self.train = train
         self.heatmap_samples = heatmap_samples
-        self.transport = ObjectStoreTransport()
+        self.transport = make_transport(cfg)
         self.version = 0
         self.weights: list = []  # [(version, state ref)] once the learner has published weights
         self.pg = None
@@ -87,7 +73,8 @@ class Controller:
 
         bundles = ([bundle(lc.cpus_per_rank, lc.gpus_per_rank)] * lc.num_ranks
                    + [bundle(rc.cpus_per_worker, rc.gpus_per_worker)] * rc.num_workers
-                   + [bundle(wc.cpus_per_worker, 0)] * wc.num_workers)
+                   + [bundle(wc.cpus_per_worker, 0)] * wc.num_workers
+                   + self._extra_bundles())
         self.pg = placement_group(bundles, strategy="PACK")
         wait_all([self.pg.ready()], f"placement group {bundles}", c.run.timeout_s)
 
@@ -95,6 +82,8 @@ class Controller:
             return {"scheduling_strategy": PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=index)}
 
         config = c.model_dump(mode="json")
+        # Rollout and reward workers read the RL sections only (the distillation job's config adds its own).
+        worker_config = {k: v for k, v in config.items() if k in RLJobConfig.model_fields}
         prefix = f"ral-{self.run.path.name}" + (f"-r{self.attempt}" if self.attempt else "")
         addr, port = wait_all([_free_address.options(**on(0)).remote()], "a rendezvous port", c.run.timeout_s)[0]
         learner_cls = ray.remote(Learner)
@@ -106,16 +95,29 @@ class Controller:
         rollout_cls = ray.remote(max_restarts=3, max_task_retries=2)(RolloutWorker)
         self.rollouts = [
             rollout_cls.options(name=f"{prefix}-rollout-{i}", num_cpus=rc.cpus_per_worker,
-                                num_gpus=rc.gpus_per_worker, **on(lc.num_ranks + i)).remote(i, config)
+                                num_gpus=rc.gpus_per_worker, **on(lc.num_ranks + i)).remote(i, worker_config)
             for i in range(rc.num_workers)]
         reward_cls = ray.remote(max_restarts=3, max_task_retries=2)(RewardWorker)
         self.rewarders = [
             reward_cls.options(name=f"{prefix}-reward-{i}", num_cpus=wc.cpus_per_worker,
-                               **on(lc.num_ranks + rc.num_workers + i)).remote(config)
+                               **on(lc.num_ranks + rc.num_workers + i)).remote(worker_config)
             for i in range(wc.num_workers)]
+        self._start_extra(on, lc.num_ranks + rc.num_workers + wc.num_workers, prefix, config)
         wait_all([learner.param_digest.remote() for learner in self.learners], "learners to start", c.run.timeout_s)
         wait_all([w.get_version.remote() for w in self.rollouts], "rollout workers to start", c.run.timeout_s)
         self.sync_bytes = wait_all([self.rollouts[0].state_nbytes.remote()], "rollout worker", c.run.timeout_s)[0]
+        self.transport.connect(self.learners, self.rollouts, c.run.timeout_s)  # broadcast modes: form the group
+
+    def _extra_bundles(self) -> list[dict]:
+        """Bundles of a subclass's further actors, placed after the RL roles' in the same placement group."""
+        return []
+
+    def _start_extra(self, on, first_bundle: int, prefix: str, config: dict) -> None:
+        """Start those actors (``on(i)``: the scheduling options of bundle i) and wait until they are up."""
+
+    def _learner_kwargs(self, step: int) -> dict:
+        """Further arguments of this step's ``Learner.train_step`` (a subclass's)."""
+        return {}
 
     def stop(self) -> None:
         for actor in getattr(self, "learners", []) + getattr(self, "rollouts", []) + getattr(self, "rewarders", []):
@@ -198,8 +200,9 @@ class Controller:
             if c.run.mode == "one_step_off" and step + 1 < c.run.steps:
                 pending = self._launch_rollout(step + 1)  # samples with the weights of this step's start
             t0 = time.time()
-            stats = wait_all([learner.train_step.remote(step, traj_refs, advantages.tolist()) for learner in self.learners],
-                             f"learner step {step}", timeout)[0]
+            extra = self._learner_kwargs(step)
+            stats = wait_all([learner.train_step.remote(step, traj_refs, advantages.tolist(), **extra)
+                              for learner in self.learners], f"learner step {step}", timeout)[0]
             learn_s = time.time() - t0
             self.version += 1
             sync_s, sync_bytes = self._sync_weights()
@@ -261,6 +264,7 @@ class Controller:
             "staleness_max": stats["staleness_max"], "nonfinite_rewards": nonfinite,
             "rollout_s": rollout_s, "reward_s": reward_s, "learn_s": learn_s, "sync_s": sync_s,
             "sync_bytes": sync_bytes, "step_s": step_s, "reward_notes": dict(notes),
+            **{k: stats[k] for k in TIS_STATS if k in stats},  # learner.tis_cap set
         }
         if stats.get("warnings"):
             record["warnings"] = stats["warnings"]

@@ -7,9 +7,23 @@ import os
 
 import torch
 
+from ral_dist.paths import torch_extensions_dir
+
 # DeepSpeed picks its accelerator at import; on a machine without CUDA it must be told to use the CPU.
 os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", torch_extensions_dir())
 import deepspeed  # noqa: E402
+
+
+def prebuild_ops() -> None:
+    """Build DeepSpeed's JIT ops once, at install time (``make setup``). On CPU, every process that starts
+    DeepSpeed's communication backend loads its shared-memory all-reduce op and compiles it on first use: a minute
+    or more on 2 cores, which a learner would otherwise spend inside its start-up timeout."""
+    if torch.cuda.is_available():
+        return
+    from deepspeed.comm.torch import build_shm_op
+
+    build_shm_op()
 
 
 def deepspeed_config(zero_stage: int, micro_batch: int, grad_clip: float, bf16: bool = False) -> dict:

@@ -7,6 +7,7 @@ shard of the step's trajectories under DeepSpeed (ZeRO 0–3, gloo on CPU, NCCL 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import datetime
@@ -22,14 +23,16 @@ import torch
 import torch.distributed as dist
 
 from ral_dist import metrics
-from ral_dist.algorithms import ral_loss
+from ral_dist.algorithms import ral_loss, tis_weights
 from ral_dist.collate import LearnerBatch, learner_batch
-from ral_dist.config import RLJobConfig
+from ral_dist.config import job_config
 from ral_dist.deepspeed_engine import full_state_dict, init_engine
+from ral_dist.distill_learner import attach_targets, distill_terms, teacher_batch
 from ral_dist.generation import score_responses
 from ral_dist.messages import Trajectory, flatten
 from ral_dist.models import build_policy
 from ral_dist.models.capture import use_capture_attention
+from ral_dist.teacher import KeepLogits, response_logits
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +43,9 @@ ZERO3_NORM_WARNING = ("zero_stage 3: the attention term's own gradient norm is n
 
 # Scalar stats averaged over the applied updates of a step, then over ranks.
 _MEAN_STATS = ("loss", "policy_loss", "kl", "attn_loss", "attn_jsd", "clip_fraction", "ratio_mean")
+# Distillation job only: the student's reverse KL to the teacher and its attention JSD to the teacher's (RAL.md §5).
+DISTILL_STATS = ("reverse_kl", "teacher_attn_jsd")
+TIS_STATS = ("tis_weight_mean", "tis_ratio_max", "tis_truncated_fraction")  # learner.tis_cap set only
 
 
 def _is_vision_param(name: str) -> bool:
@@ -58,7 +64,9 @@ def _resolve(trajectories: list) -> list[Trajectory]:
 class Learner:
     def __init__(self, rank: int, world_size: int, master_addr: str, master_port: int, config: dict,
                  threads: int = 1):
-        self.cfg = cfg = RLJobConfig.model_validate(config)
+        self.cfg = cfg = job_config(config)  # the distillation job's config adds teacher and distill
+        self.distill = getattr(cfg, "distill", None)
+        self._stats = _MEAN_STATS + (DISTILL_STATS if self.distill is not None else ())
         self.rank, self.world_size = rank, world_size
         cuda = torch.cuda.is_available()
         # Under Ray each GPU actor sees only its own device; on a shared node the rank picks one.
@@ -189,6 +197,27 @@ class Learner:
             out[k, : len(cache[i])] = cache[i].to(out.device)
         return out
 
+    @staticmethod
+    def _padded(like: torch.Tensor, rows: list[torch.Tensor]) -> torch.Tensor:
+        """Per-trajectory values [n] laid out like ``like`` [B, R] (zeros in the padding)."""
+        out = torch.zeros_like(like)
+        for k, row in enumerate(rows):
+            out[k, : len(row)] = row.to(out.device)
+        return out
+
+    def _tis_step_stats(self, shard: list[Trajectory], rollout_logp: list[torch.Tensor]) -> dict[str, float]:
+        """TIS weight stats over every response token of the step, all ranks (the weights are fixed per step)."""
+        old = torch.cat([t.old_logprobs for t in shard])
+        _, local = tis_weights(old, torch.cat(rollout_logp), torch.ones_like(old), self.cfg.learner.tis_cap)
+        n = float(len(old))
+        sums = torch.tensor([local["tis_weight_mean"] * n, local["tis_truncated_fraction"] * n, n],
+                            dtype=torch.float64, device=self.device)
+        peak = torch.tensor([local["tis_ratio_max"]], dtype=torch.float64, device=self.device)
+        dist.all_reduce(sums)
+        dist.all_reduce(peak, op=dist.ReduceOp.MAX)
+        return {"tis_weight_mean": float(sums[0] / sums[2]), "tis_ratio_max": float(peak[0]),
+                "tis_truncated_fraction": float(sums[1] / sums[2])}
+
     def _attn_grad_norm(self, attn_loss: torch.Tensor) -> float:
         """Global L2 norm of the attention term's own gradient (RAL.md §3 asks to log it separately)."""
         params = self._trainable()
@@ -197,12 +226,14 @@ class Learner:
         return float(sq.sqrt())
 
     @metrics.timed("learner", record=metrics.record_learner)
-    def train_step(self, step: int, trajectories: list, advantages: list[float] | None = None) -> dict:
+    def train_step(self, step: int, trajectories: list, advantages: list[float] | None = None,
+                   teacher: list | None = None) -> dict:
         """ppo_epochs x num_minibatches updates on this rank's shard of the step; stats averaged over ranks.
 
         ``trajectories``: the whole step, or Ray object refs each resolving to a list of them (the controller
         passes refs, so the tensors go from the object store straight here). ``advantages``, when given, are
         the controller's group advantages in the same (flattened) order; otherwise each trajectory's own.
+        ``teacher`` (distillation job): per item of ``trajectories``, the teacher's targets or a ref to them.
         """
         t0 = time.time()
         lc = self.cfg.learner
@@ -212,6 +243,10 @@ class Learner:
                 raise ValueError(f"step {step}: {len(advantages)} advantages for {len(everything)} trajectories")
             for t, a in zip(everything, advantages, strict=True):
                 t.advantage = float(a)
+        if self.distill is not None:
+            if teacher is None:
+                raise ValueError(f"step {step}: the distillation learner needs the teacher's targets")
+            teacher_wait_s = attach_targets(everything, teacher, step, self.cfg.run.timeout_s)
         # Checked identically on every rank (all see the whole list), so a bad batch fails everywhere, not by hanging.
         need = self.world_size * lc.num_minibatches
         if len(everything) < need:
@@ -220,11 +255,13 @@ class Learner:
         shard = everything[self.rank :: self.world_size]
         # Capture is cheap (response rows only) and gives attn_jsd even when lambda_attn == 0.
         capture = True
+        rollout_logp = [t.old_logprobs for t in shard]  # the rollout engine's, before the recomputation
         if lc.old_policy == "recompute":
             shard = self._recompute_old(shard, self._minibatches(shard, step, 0), capture)
+        tis = self._tis_step_stats(shard, rollout_logp) if lc.tis_cap is not None else {}
         ref_cache: dict[int, torch.Tensor] = {}
 
-        sums = dict.fromkeys(_MEAN_STATS, 0.0)
+        sums = dict.fromkeys(self._stats, 0.0)
         applied, skipped = 0, 0
         grad_norms: list[float] = []
         for epoch in range(lc.ppo_epochs):
@@ -233,17 +270,30 @@ class Learner:
                 batch = self._batch(trajs)
                 ref_logp = self._ref_logprobs(batch, mb, trajs, ref_cache) if self.ref_model is not None else None
                 # Through the engine (not engine.module) so DeepSpeed's backward hooks see this forward.
-                logp, p_theta = self._score(self.engine, batch, capture)
+                with KeepLogits(self.engine) if self.distill is not None else contextlib.nullcontext() as kept:
+                    logp, p_theta = self._score(self.engine, batch, capture)
+                weights = None
+                if lc.tis_cap is not None:
+                    weights, _ = tis_weights(batch.old_logprobs, self._padded(batch.old_logprobs, [
+                        rollout_logp[i] for i in mb]), batch.response_mask, lc.tis_cap)
                 terms = ral_loss(logp, batch.old_logprobs, ref_logp, batch.response_mask, batch.advantages,
                                  p_theta, batch.p_old, batch.response_mask, clip_eps=lc.clip_eps, beta=lc.beta,
-                                 lambda_attn=lc.lambda_attn, mode=lc.loss_agg)
+                                 lambda_attn=lc.lambda_attn, mode=lc.loss_agg, token_weights=weights)
+                distilled = {}
+                if self.distill is not None:
+                    logits = response_logits(kept.logits, batch.prompts.prompt_len, batch.response_ids.shape[1],
+                                             self.cfg.rollout.temperature)
+                    d = distill_terms(terms, logits, p_theta, batch, teacher_batch(batch, trajs), self.distill,
+                                      lc.loss_agg)
+                    terms = dataclasses.replace(terms, total=d.total)
+                    distilled = {"reverse_kl": d.reverse_kl, "teacher_attn_jsd": d.attn_jsd}
                 if not self._all_finite(terms.total):
                     # A NaN/inf advantage or old log-prob would poison the weights; drop this update on all ranks.
                     skipped += 1
                     grad_norms.append(float("nan"))
                     self.engine.zero_grad()
                     continue
-                if self._measure_attn_grad:
+                if self._measure_attn_grad and step % lc.attn_grad_norm_every == 0:
                     grad_norms.append(self._attn_grad_norm(lc.lambda_attn * terms.attn))
                 else:
                     grad_norms.append(0.0 if lc.lambda_attn == 0 else float("nan"))
@@ -252,18 +302,19 @@ class Learner:
                 applied += 1
                 for key, value in (("loss", terms.total), ("policy_loss", terms.policy), ("kl", terms.kl),
                                    ("attn_loss", terms.attn), ("attn_jsd", terms.attn_jsd_mean),
-                                   ("clip_fraction", terms.clip_fraction), ("ratio_mean", terms.ratio_mean)):
+                                   ("clip_fraction", terms.clip_fraction), ("ratio_mean", terms.ratio_mean),
+                                   *distilled.items()):
                     sums[key] += float(value.detach()) if torch.is_tensor(value) else float(value)
 
         # One all-reduce for every per-rank scalar: the mean stats (over this rank's applied updates) and the
         # per-mini-batch attention gradient norms (every rank runs the same number of updates; the logged norm is
         # the mean of the ranks' local norms, not the norm of the averaged gradient).
-        local = [sums[k] / applied if applied else float("nan") for k in _MEAN_STATS] + grad_norms
+        local = [sums[k] / applied if applied else float("nan") for k in self._stats] + grad_norms
         packed = torch.tensor(local, dtype=torch.float64, device=self.device)
         dist.all_reduce(packed)
         packed = (packed / self.world_size).cpu().tolist()
-        means = dict(zip(_MEAN_STATS, packed[: len(_MEAN_STATS)], strict=True))
-        by_mb = packed[len(_MEAN_STATS) :]
+        means = dict(zip(self._stats, packed[: len(self._stats)], strict=True))
+        by_mb = packed[len(self._stats) :]
         finite_norms = [g for g in by_mb if math.isfinite(g)]
 
         staleness = self.version - min(t.policy_version for t in everything)
@@ -273,6 +324,8 @@ class Learner:
             warnings.append(f"step {step}: skipped {skipped} update(s) with a non-finite loss")
         return {
             **means,
+            **tis,
+            **({"teacher_wait_s": teacher_wait_s} if self.distill is not None else {}),
             "attn_grad_norm": float(np.mean(finite_norms)) if finite_norms else float("nan"),
             "attn_grad_norm_first": by_mb[0],
             "attn_grad_norm_by_minibatch": by_mb,

@@ -34,6 +34,18 @@ class Trajectory:
     reward_notes: dict[str, str] = field(default_factory=dict)  # why a term scored 0 when it could not be computed
     reward: float = 0.0  # weighted total
     advantage: float = 0.0  # group-normalised, filled by the controller
+    teacher: TeacherTargets | None = None  # distillation job: the teacher's targets, attached by the learner
+
+
+@dataclass
+class TeacherTargets:
+    """What a TeacherActor returns for one student trajectory (RAL.md §5), unpadded like `Trajectory.attention`."""
+
+    attention: torch.Tensor  # [R, P + R] the teacher's attention policy rows (its last layer, heads averaged)
+    token_logprobs: torch.Tensor  # [R] fp32, the teacher's log-prob of each of the student's tokens
+    logprobs: torch.Tensor | None = None  # [R, V] fp32, full distribution (teacher.top_k None)
+    topk_ids: torch.Tensor | None = None  # [R, k] its top-k token ids (teacher.top_k = k) ...
+    topk_logprobs: torch.Tensor | None = None  # [R, k] ... and their log-probs; residual mass = 1 - sum(exp)
 
 
 @dataclass

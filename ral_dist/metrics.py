@@ -11,7 +11,9 @@ defined once, in ``METRICS``; the dashboards and alert rules in ``dashboards/`` 
 Every series carries ``JobId`` (the Ray job id: Prometheus' own ``job`` label is the scrape job, so a tag of
 that name would be renamed) and the kind of actor in ``actor``.
 
-Not here yet: teacher metrics (``phase="teacher"`` and the distillation terms) arrive with the distillation job.
+The distillation job adds the teacher: ``phase="teacher"`` (teacher compute seconds per step) and
+``phase="teacher_wait"`` (how long the learners waited for targets), its queue depths, the ``reverse_kl`` loss
+term and the student's attention JSD to the teacher.
 Per-head attention spread is not measured: the captured policy is already averaged over heads (RAL.md §1).
 """
 
@@ -37,13 +39,14 @@ SCORE_BUCKETS = (0.001, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.999)
 
 # Label values known in advance (exported at 0 from the start, so rate() and the alerts work before the first
 # event, as Prometheus' instrumentation guide asks).
-ACTORS = ("controller", "rollout", "reward", "learner")
+ACTORS = ("controller", "rollout", "reward", "learner", "teacher")
 REWARD_TERMS = ("task", "format", "sparsity", "consistency")
 CONTROLLER_PHASES = ("rollout", "rollout_wait", "reward", "learn", "sync", "step")
 ROLLOUT_PHASES = ("generation", "attention_capture")
 LOSS_TERMS = ("total", "policy", "attention")
 SKIP_REASONS = ("prompt_unprocessable", "nonfinite_reward", "nonfinite_loss")
 QUEUES = ("rollout_in_flight", "rollout_ready")
+TEACHER_QUEUES = ("teacher_in_flight", "teacher_ready", "teacher_waiting")  # distillation job only
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,8 @@ LOSS = Metric("ral_loss", "gauge", "Step mean of the loss and its terms (RAL.md 
 KL = Metric("ral_kl", "gauge", "Step mean KL(pi_theta || pi_ref), k3 estimator.")
 ATTN_JSD = Metric("ral_attention_jsd", "gauge", "Step mean JSD between the learner's and the behaviour policy's "
               "attention policy.")
+TEACHER_ATTN_JSD = Metric("ral_teacher_attention_jsd", "gauge", "Distillation job: step mean JSD between the "
+                          "student's attention policy and the teacher's (RAL.md section 5).")
 ATTN_GRAD_NORM = Metric("ral_attention_grad_norm", "gauge", "L2 norm of the attention term's own gradient.")
 CLIP_FRACTION = Metric("ral_clip_fraction", "gauge", "Share of response tokens whose PPO ratio was clipped.")
 TRAINED_TOKENS = Metric("ral_trained_tokens_total", "counter", "Response tokens the learner trained on.")
@@ -287,6 +292,11 @@ def record_step(record: dict, next_rollout: Iterable = ()) -> None:
     _inc(SKIPPED, record.get("prompts_skipped"), a, reason="prompt_unprocessable")
     _inc(SKIPPED, record.get("nonfinite_rewards"), a, reason="nonfinite_reward")
     record_queue(list(next_rollout))
+    if "teacher_s" in record:  # distillation job: the step's teacher seconds, learner wait and teacher queue
+        _observe(PHASE_SECONDS, record["teacher_s"], a, phase="teacher")
+        _observe(PHASE_SECONDS, record.get("teacher_wait_s"), a, phase="teacher_wait")
+        for queue in TEACHER_QUEUES:  # record keys teacher_queue_in_flight, ...
+            _set(QUEUE_DEPTH, record.get("teacher_queue_" + queue.removeprefix("teacher_")), a, queue=queue)
 
 
 @_never_fails
@@ -334,6 +344,9 @@ def record_learner(stats: dict, worker=None) -> None:
     _set(KL, stats.get("kl"), a)
     _set(ATTN_JSD, stats.get("attn_jsd"), a)
     _set(ATTN_GRAD_NORM, stats.get("attn_grad_norm"), a)
+    if "reverse_kl" in stats:  # distillation job
+        _set(LOSS, stats["reverse_kl"], a, term="reverse_kl")
+        _set(TEACHER_ATTN_JSD, stats["teacher_attn_jsd"], a)
     _set(CLIP_FRACTION, stats.get("clip_fraction"), a)
     _zero(TRAINED_TOKENS, a)
     _inc(TRAINED_TOKENS, stats.get("n_tokens"), a)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import sys
 from pathlib import Path
 
 
@@ -12,3 +14,13 @@ def cache_dir(*parts: str) -> Path:
     path = root.joinpath(*parts)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def torch_extensions_dir() -> str:
+    """DeepSpeed's JIT-built ops (on CPU: the shared-memory all-reduce), one folder per Python environment.
+
+    Each environment (.venv, .venv-vllm, .venv-bench) builds the op from its own source path; sharing one folder
+    made each rebuild the others' (minutes each, and a killed build leaves a lock every later start waits on).
+    """
+    env = f"{Path(sys.prefix).name}-{hashlib.sha1(sys.prefix.encode()).hexdigest()[:8]}"
+    return str(cache_dir("torch_extensions", env))

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import time
 
 import ray
+
+from ral_dist.paths import torch_extensions_dir
 
 # Environment every Ray worker of ours needs (DeepSpeed on CPU, the cached JIT ops, no usage reporting).
 WORKER_ENV_KEYS = ("DS_BUILD_OPS", "TORCH_EXTENSIONS_DIR", "DS_ACCELERATOR", "RAL_DIST_CACHE", "RAY_USAGE_STATS_ENABLED")
@@ -14,8 +17,7 @@ NAMESPACE = "ral_dist"  # the job's named actors (ral-<run>-<role>-<i>) live her
 
 
 def worker_env() -> dict[str, str]:
-    env = {"DS_BUILD_OPS": "0", "RAY_USAGE_STATS_ENABLED": "0",
-           "TORCH_EXTENSIONS_DIR": os.path.expanduser("~/.cache/ral_dist/torch_extensions")}
+    env = {"DS_BUILD_OPS": "0", "RAY_USAGE_STATS_ENABLED": "0", "TORCH_EXTENSIONS_DIR": torch_extensions_dir()}
     env.update({k: os.environ[k] for k in WORKER_ENV_KEYS if k in os.environ})
     return env
 
@@ -31,3 +33,18 @@ def connect(num_cpus: int | None = None) -> None:
         # address="local": a private cluster, never one a `ray start` happened to leave on this machine
         ray.init(address="local", namespace=NAMESPACE, num_cpus=num_cpus, _node_ip_address="127.0.0.1", include_dashboard=False,
                  runtime_env=runtime_env, log_to_driver=True)
+
+
+def wait_all(refs: list, what: str, timeout_s: float) -> list:
+    """ray.get of every ref, in order, failing fast: the first error raises at once (a dead learner rank must not
+    leave us waiting for its peers), and a timeout names what it waited for."""
+    refs = list(refs)
+    deadline = time.time() + timeout_s
+    pending = list(refs)
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=1, timeout=max(0.0, deadline - time.time()))
+        if not ready:
+            raise TimeoutError(f"timed out after {timeout_s:.0f}s waiting for {what} "
+                               f"({len(pending)}/{len(refs)} pending)")
+        ray.get(ready)  # raises the actor's or task's error now
+    return ray.get(refs)

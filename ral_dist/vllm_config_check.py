@@ -26,6 +26,7 @@ def check_vllm_config(cfg: RLJobConfig) -> None:
         if used:
             raise ConfigError(f"rollout.attention_on=learner: reward terms {used} need the attention maps at "
                               "reward time; use rollout.attention_on=rollout or weight them 0")
-    if rc.vllm.weight_sync == "nccl":
-        raise ConfigError("rollout.vllm.weight_sync=nccl: the NCCL path (ral_dist/vllm_nccl_sync.py) is for GPU "
-                          "clusters and not yet wired into the controller; use 'bytes'")
+    if rc.vllm.weight_sync == "nccl" and not (rc.gpus_per_worker > 0 and cfg.learner.gpus_per_rank > 0):
+        # the engines' and the learner's CUDA is checked again where they start (the driver may have no GPU)
+        raise ConfigError("rollout.vllm.weight_sync=nccl broadcasts between GPUs: it needs rollout.gpus_per_worker "
+                          "> 0 and learner.gpus_per_rank > 0; on CPU use 'bytes', or 'gloo' (the same handshake)")

@@ -68,10 +68,10 @@ class VLLMEngine:
                       logprobs_mode="processed_logprobs", max_num_seqs=vc.max_num_seqs)
         if vc.max_model_len:
             kwargs["max_model_len"] = vc.max_model_len
-        if vc.weight_sync == "nccl":
-            from ral_dist.vllm_nccl_sync import nccl_llm_kwargs
+        if vc.weight_sync != "bytes":  # weights arrive by broadcast from learner rank 0
+            from ral_dist.vllm_nccl_sync import llm_kwargs
 
-            kwargs.update(nccl_llm_kwargs())
+            kwargs.update(llm_kwargs(vc.weight_sync))
         self.llm = LLM(**kwargs | vc.llm_kwargs)
         self.banned = adapter.banned_token_ids(processor)
         self.eos = adapter.eos_token_ids(processor)
@@ -97,9 +97,11 @@ class VLLMEngine:
     @torch.no_grad()
     def generate(self, prompts: list[VisualPrompt], *, num_samples: int = 1, max_new_tokens: int = 32,
                  temperature: float = 1.0, top_p: float = 1.0, greedy: bool = False, seed: int | None = None,
-                 score: bool = True, capture_question: bool = False, alignment: str = "paper") -> Generation:
+                 score: bool = True, capture_question: bool = False, alignment: str = "paper",
+                 sampler_logprobs: bool = False) -> Generation:
         """Like `ral_dist.generation.generate` (rows prompt-major, G per prompt), sampled by vLLM. ``score``: run
-        the replica pass (log-probs, attention rows, the mismatch metric); otherwise vLLM's log-probs, NaN maps."""
+        the replica pass (log-probs, attention rows, the mismatch metric); otherwise vLLM's log-probs, NaN maps.
+        ``sampler_logprobs``: return vLLM's log-probs even when the replica scores (the maps stay the replica's)."""
         G, tok, family = num_samples, self.processor.tokenizer, self.adapter.family
         batch = self.adapter.encode(self.processor, [p for p in prompts for _ in range(G)])
         ids = [row[mask.bool()].tolist() for row, mask in
@@ -136,6 +138,8 @@ class VLLMEngine:
             logprobs, attention, q_attention, q_rows = self._score(batch, response_ids, response_mask, engine_logprobs,
                                                                    temperature, top_p, greedy, capture_question,
                                                                    alignment)
+            if sampler_logprobs:
+                logprobs = engine_logprobs * response_mask
         else:  # the learner recomputes p_old and the old log-probs (attention_on: learner)
             logprobs, q_rows = engine_logprobs * response_mask, pad_positions(batch.question_positions)
             T = batch.prompt_len + R
@@ -148,11 +152,14 @@ class VLLMEngine:
         return Generation(batch, response_ids, response_mask, logprobs, texts, attention, q_attention, q_rows, seconds)
 
     def rollout_generation(self, prompts: list[VisualPrompt], step: int, groups: list[int]) -> Generation:
-        """One rollout call of the worker: the config's sampling settings, the hf engine's seed rule."""
+        """One rollout call of the worker: the config's sampling settings, the hf engine's seed rule. When the
+        learner recomputes the old log-probs, trajectories carry vLLM's (the sampler's): the values that TIS
+        (``learner.tis_cap``) weighs the learner's against; the replica's would be dead data there."""
         rc = self.cfg.rollout
         return self.generate(prompts, num_samples=rc.group_size, max_new_tokens=rc.max_new_tokens,
                              temperature=rc.temperature, top_p=rc.top_p, score=rc.attention_on == "rollout",
                              capture_question=True, alignment=rc.attention_rows,
+                             sampler_logprobs=self.cfg.learner.old_policy == "recompute",
                              seed=hash((self.cfg.run.seed, step, groups[0] if groups else 0)) % 2**31)
 
     def _score(self, batch, response_ids, response_mask, engine_logprobs, temperature, top_p, greedy,
@@ -175,11 +182,11 @@ class VLLMEngine:
 
     # ------------------------------------------------------------------ weights
     def load_state_dict(self, version: int, state_dict: dict[str, torch.Tensor]) -> dict:
-        """The learner's weights into the running engine (the caller loads the replica)."""
+        """The learner's weights into the running engine (the caller loads the replica). With ``weight_sync`` nccl or
+        gloo the engine gets them by broadcast from learner rank 0 (`ral_dist.vllm_nccl_sync`) instead."""
         vc = self.cfg.rollout.vllm
         if vc.weight_sync != "bytes":
-            raise RuntimeError("rollout.vllm.weight_sync=nccl: weights arrive by NCCL broadcast from learner rank 0 "
-                               "(ral_dist/vllm_nccl_sync.py), not through update_weights")
+            return {"broadcast": vc.weight_sync}
         return push_state_bytes(self.llm, serialize_state(state_dict), version, vc.sync_timeout_s, vc.sync_retries)
 
     def greedy_parity(self, prompt: VisualPrompt, max_new_tokens: int) -> dict:

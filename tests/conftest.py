@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch.distributed as dist
 
 ROOT = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).parent / "ray")
@@ -145,6 +146,18 @@ def stop_head(temp_dir: str) -> None:
         except psutil.NoSuchProcess:
             pass
     psutil.wait_procs(list(victims.values()), timeout=30)
+
+
+@pytest.fixture(scope="session")
+def gloo_port():
+    """The port of the one single-rank gloo group that every in-process Learner of the session joins.
+
+    One group for the whole session: DeepSpeed caches its communication backend process-wide, so a group destroyed
+    by one test module and re-created by the next leaves it pointing at the dead one.
+    """
+    yield free_port()
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 @pytest.fixture(scope="module")

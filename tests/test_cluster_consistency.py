@@ -5,7 +5,6 @@ here, not on the cluster."""
 from __future__ import annotations
 
 import sys
-import warnings
 from pathlib import Path
 
 import pytest
@@ -45,17 +44,22 @@ CHECKED = [(o, n) for o, n, j in _all_jobs() if _has_config(j)]
 
 
 def test_what_is_checked():
-    """Every RayJob is checked except those whose config is not written yet: today only the distillation job
-    (jobs/ral_distill.py and its config come with the distillation issue). Said out loud, not skipped."""
+    """Every RayJob is checked: the RL job on both overlays, the distillation job on the GPU overlay (the CPU
+    overlay has no distillation job)."""
     unchecked = sorted({name for o, name, job in _all_jobs() if not _has_config(job)})
-    assert ("cpu", RL_JOB) in CHECKED and ("gpu", RL_JOB) in CHECKED
-    assert set(unchecked) <= {DISTILL_JOB}, unchecked
-    if unchecked:
-        jobs, _ = _jobs("gpu")
-        ref = cm.parse_entrypoint(jobs[DISTILL_JOB]["spec"]["entrypoint"])
-        assert (ref.script, ref.config) == ("jobs/ral_distill.py", DISTILL_CONFIG)
-        warnings.warn(f"{DISTILL_JOB}: {DISTILL_CONFIG} does not exist yet; its resources are not checked",
-                      stacklevel=1)
+    assert unchecked == []
+    assert ("cpu", RL_JOB) in CHECKED and ("gpu", RL_JOB) in CHECKED and ("gpu", DISTILL_JOB) in CHECKED
+    jobs, _ = _jobs("gpu")
+    ref = cm.parse_entrypoint(jobs[DISTILL_JOB]["spec"]["entrypoint"])
+    assert (ref.script, ref.config) == ("jobs/ral_distill.py", DISTILL_CONFIG)
+    assert (ROOT / ref.script).exists()
+
+
+def test_the_teacher_needs_its_group():
+    """The distillation job's teacher bundles are checked like any role: too many for the teacher pods fail."""
+    jobs, cluster = _jobs("gpu")
+    problems = cm.job_problems(jobs[DISTILL_JOB], ["teacher.num_workers=3"], interactive=cluster)
+    assert problems and all(" teacher bundles" in p for p in problems), problems
 
 
 @pytest.mark.parametrize("overlay, name", CHECKED)

@@ -6,14 +6,10 @@ are the learner's version-0 weights.
 """
 
 import copy
-import os
-import socket
+import math
 
 import pytest
 import torch
-import torch.distributed as dist
-
-os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.expanduser("~/.cache/ral_dist/torch_extensions"))
 
 from ral_dist.algorithms import aggregate_tokens, clipped_surrogate, group_advantages, k3_kl  # noqa: E402
 from ral_dist.collate import learner_batch, trajectories_from_generation  # noqa: E402
@@ -31,19 +27,9 @@ G = 4
 MODE = "think"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def port():
-    """One single-rank gloo group for the module (the learners reuse it), torn down at the end."""
-    port = _free_port()
-    yield port
-    if dist.is_initialized():
-        dist.destroy_process_group()
+def port(gloo_port):
+    return gloo_port  # the session's single-rank gloo group (tests/conftest.py)
 
 
 def _config(**learner) -> dict:
@@ -146,6 +132,13 @@ def test_attention_gradient_is_zero_on_the_first_minibatch_only(port, trajectori
     assert by_mb[0] == 0.0 and stats["attn_grad_norm_first"] == 0.0  # theta == theta_old: JSD gradient vanishes
     assert by_mb[1] > 0.0  # after one update the attention term acts
     assert stats["warnings"] == [] and stats["attn_jsd"] > 0 and stats["skipped_updates"] == 0
+
+
+def test_attention_gradient_norm_is_measured_every_nth_step_only(port, trajectories):
+    learner = _learner(port, lambda_attn=1.0, num_minibatches=2, attn_grad_norm_every=2)
+    norms = [learner.train_step(step, trajectories)["attn_grad_norm_by_minibatch"] for step in range(3)]
+    assert norms[0][0] == 0.0 and norms[0][1] > 0 and norms[2][1] > 0  # steps 0 and 2: measured
+    assert all(math.isnan(g) for g in norms[1])  # step 1: not measured, said by NaN (never a made-up 0)
 
 
 def test_one_update_per_batch_warns_and_equals_grpo(port, trajectories):

@@ -159,8 +159,12 @@ def test_config_rules_of_the_vllm_engine(monkeypatch):
     cfg.reward.weights = {"task": 0.9, "sparsity": 0.5}
     with pytest.raises(ConfigError, match="sparsity"):
         vllm_config_check.check_vllm_config(cfg)
-    with pytest.raises(ConfigError, match="nccl"):
+    with pytest.raises(ConfigError, match=r"rollout.vllm.weight_sync=nccl .*rollout.gpus_per_worker > 0"):
         vllm_config_check.check_vllm_config(_vllm_config(vllm={"weight_sync": "nccl"}))
+    gpu = _vllm_config(vllm={"weight_sync": "nccl"}, gpus_per_worker=1)
+    gpu.learner.gpus_per_rank = 1
+    vllm_config_check.check_vllm_config(gpu)  # CUDA itself is checked where the engines and learners start
+    vllm_config_check.check_vllm_config(_vllm_config(vllm={"weight_sync": "gloo"}))
 
 
 def test_the_main_environment_never_imports_vllm():
@@ -168,3 +172,12 @@ def test_the_main_environment_never_imports_vllm():
             "print('vllm' in sys.modules)")  # vllm_engine imports vllm only when an engine is built
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and out.stdout.strip().endswith("False"), out.stderr[-2000:]
+
+
+def test_the_config_selects_the_weight_transport():
+    from ral_dist.weight_sync import BroadcastTransport, ObjectStoreTransport, make_transport
+
+    assert type(make_transport(RLJobConfig())) is ObjectStoreTransport  # hf engine
+    assert type(make_transport(_vllm_config())) is ObjectStoreTransport  # vllm, weight_sync: bytes
+    t = make_transport(_vllm_config(vllm={"weight_sync": "gloo", "llm_kwargs": {"tensor_parallel_size": 2}}))
+    assert isinstance(t, BroadcastTransport) and (t.weight_sync, t.ranks_per_engine) == ("gloo", 2)

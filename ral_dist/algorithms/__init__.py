@@ -5,7 +5,7 @@ from ral_dist.algorithms.aggregation import aggregate_tokens, masked_mean
 from ral_dist.algorithms.attention_loss import attention_jsd, ral_attention_loss, row_jsd
 from ral_dist.algorithms.distill_loss import DistillTerms, distill_loss, reverse_kl_full, reverse_kl_topk
 from ral_dist.algorithms.jsd import jsd
-from ral_dist.algorithms.policy_loss import clipped_surrogate, k3_kl
+from ral_dist.algorithms.policy_loss import clipped_surrogate, k3_kl, tis_weights
 from ral_dist.algorithms.ral_loss import LossTerms, ral_loss
 from ral_dist.algorithms.rewards import (
     PAPER_REWARD_WEIGHTS,
@@ -45,5 +45,6 @@ __all__ = [
     "reverse_kl_topk",
     "row_jsd",
     "sparsity",
+    "tis_weights",
     "total_reward",
 ]

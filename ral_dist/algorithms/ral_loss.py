@@ -44,6 +44,7 @@ def ral_loss(
     beta: float = 0.04,
     lambda_attn: float = 1.0,
     mode: AggMode = "token_mean",
+    token_weights: Tensor | None = None,
 ) -> LossTerms:
     """Compute every term of the RAL loss.
 
@@ -51,9 +52,10 @@ def ral_loss(
     p_theta, p_old: [B, R, K]; row_mask: [B, R]. ref_logp may be None when beta == 0; p_theta / p_old /
     row_mask may be None when lambda_attn == 0 (attn is then a 0 tensor). When the attention rows are
     given with lambda_attn == 0, attn is still computed for logging but never enters total, so total is
-    exactly the GRPO loss.
+    exactly the GRPO loss. token_weights [B, T] (e.g. TIS weights) scale the policy-gradient term only, not
+    the KL or attention terms.
     """
-    policy, stats = clipped_surrogate(logp, old_logp, advantages, token_mask, clip_eps, mode)
+    policy, stats = clipped_surrogate(logp, old_logp, advantages, token_mask, clip_eps, mode, token_weights)
     zero = torch.zeros((), dtype=torch.float32, device=logp.device)
 
     if ref_logp is not None:

@@ -104,27 +104,25 @@ def test_attention_on_learner_returns_vllm_logprobs_and_no_maps(worker, samples)
     assert (gen.logprobs[gen.response_mask.bool()] < 0).all() and worker.engine.stats == {}
 
 
-def test_the_gpu_nccl_path_names_an_api_this_vllm_has():
-    """NCCL needs CUDA; here only that the weight-transfer API the GPU path uses exists, and the endpoint's
-    cache resets after an update."""
-    import vllm.distributed.weight_transfer.clients as clients
-    import vllm.distributed.weight_transfer.nccl_engine as nccl_engine
+def test_the_nccl_mode_fails_early_without_cuda_and_gloo_selects_its_engine():
+    """NCCL needs CUDA: without it the engine refuses at once, naming the setting. The gloo twin registers its
+    transfer engine with vLLM and rides the worker extension into vLLM's worker process."""
+    from vllm.distributed.weight_transfer.factory import WeightTransferEngineFactory
 
-    from ral_dist.vllm_nccl_sync import EngineEndpoint, nccl_llm_kwargs
+    from ral_dist.config import ConfigError
+    from ral_dist.vllm_nccl_sync import GLOO_BACKEND, GlooWeightTransferEngine, _on_engine, llm_kwargs
 
-    assert nccl_llm_kwargs()["weight_transfer_config"].backend == "nccl"
-    assert hasattr(nccl_engine, "NCCLTrainerWeightTransferEngine") and hasattr(nccl_engine, "NCCLTrainerInitInfo")
-    client_methods = {"init_weight_transfer_engine", "start_weight_update", "update_weights", "finish_weight_update"}
-    assert client_methods <= set(dir(clients.RayVLLMWeightSyncClient)) and client_methods <= set(dir(EngineEndpoint))
-    import vllm
-
-    assert client_methods <= set(dir(vllm.LLM))  # what EngineEndpoint calls on the engine
+    assert not torch.cuda.is_available()
+    with pytest.raises(ConfigError, match=r"rollout.vllm.weight_sync=nccl needs CUDA"):
+        llm_kwargs("nccl")
+    kwargs = llm_kwargs("gloo")
+    assert kwargs["weight_transfer_config"].backend == GLOO_BACKEND
+    assert kwargs["worker_extension_cls"] == "ral_dist.vllm_nccl_sync.GlooWeightUpdateExtension"
+    assert WeightTransferEngineFactory._registry[GLOO_BACKEND]() is GlooWeightTransferEngine
 
     calls = []
 
-    class FakeLLM:
-        llm_engine = None
-
+    class FakeLLM:  # after vLLM's finish_weight_update, the caches of the old weights are dropped
         def finish_weight_update(self):
             calls.append("finish")
 
@@ -137,5 +135,5 @@ def test_the_gpu_nccl_path_names_an_api_this_vllm_has():
 
     llm = FakeLLM()
     llm.llm_engine = llm
-    EngineEndpoint(llm).finish_weight_update()
+    _on_engine(type("Worker", (), {"engine": type("Engine", (), {"llm": llm})})(), "finish_weight_update")
     assert calls == ["finish", "encoder", "prefix"]

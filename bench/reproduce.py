@@ -1,0 +1,178 @@
+"""The small-scale reproduction (issue 10, RAL.md §6): GRPO vs RAL, on-policy KD vs KD + attention distillation.
+
+    python bench/reproduce.py [--steps 100] [--seeds 0 1 2] [--variants grpo ral_1 …] [--out runs/reproduction]
+
+Every variant starts from the same SFT checkpoint with the same budget of steps; each (variant, seed) is one real
+job (`jobs/ral_grpo.py` or `jobs/ral_distill.py` on a private local Ray cluster) followed by `jobs/eval.py` on the
+val and test splits of its final checkpoint. Finished runs are reused (their eval JSON exists), so an interrupted
+sweep continues where it stopped. Writes bench/results/reproduction.json, learning curves
+(bench/results/reproduction_curves.png) and prints the summary table (mean ± std over seeds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+RAL_CONFIG = "jobs/configs/tiny_cpu.yaml"
+DISTILL_CONFIG = "jobs/configs/distill_tiny_cpu.yaml"
+ATTENTION_REWARDS = "reward.weights={task: 0.8, format: 0.1, sparsity: 0.05, consistency: 0.05}"
+
+# name -> (job script, config, overrides)
+VARIANTS: dict[str, tuple[str, str, list[str]]] = {
+    "grpo": ("jobs/ral_grpo.py", RAL_CONFIG, ["learner.lambda_attn=0"]),
+    "ral_0.5": ("jobs/ral_grpo.py", RAL_CONFIG, ["learner.lambda_attn=0.5"]),
+    "ral_1": ("jobs/ral_grpo.py", RAL_CONFIG, ["learner.lambda_attn=1.0"]),
+    "ral_5": ("jobs/ral_grpo.py", RAL_CONFIG, ["learner.lambda_attn=5.0"]),
+    "grpo_attn_rewards": ("jobs/ral_grpo.py", RAL_CONFIG, ["learner.lambda_attn=0", ATTENTION_REWARDS]),
+    "ral_1_attn_rewards": ("jobs/ral_grpo.py", RAL_CONFIG, ["learner.lambda_attn=1.0", ATTENTION_REWARDS]),
+    "kd": ("jobs/ral_distill.py", DISTILL_CONFIG, ["distill.gamma_attn=0"]),
+    "kd_attn": ("jobs/ral_distill.py", DISTILL_CONFIG, ["distill.gamma_attn=0.5"]),
+}
+EVAL_KEYS = ("accuracy", "format_rate", "attention_on_target", "sparsity", "consistency")
+CURVE_KEYS = ("accuracy", "reward_mean", "attention_on_target", "attn_jsd", "attn_grad_norm", "kl")
+
+
+def run(cmd: list[str], log: Path) -> None:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("a") as f:
+        f.write(f"$ {' '.join(cmd)}\n")
+        f.flush()
+        proc = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env={**os.environ,
+                              "RAY_ADDRESS": ""})  # a private local cluster per run, never a shared one
+    if proc.returncode:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}); see {log}")
+
+
+def evaluate(checkpoint: Path, out: Path, log: Path, limit: int | None) -> dict:
+    report = {}
+    for split in ("val", "test"):
+        path = out / f"eval_{split}.json"
+        if not path.exists():
+            run([sys.executable, "jobs/eval.py", "--checkpoint", str(checkpoint), "--split", split,
+                 "--json", str(path)] + (["--limit", str(limit)] if limit else []), log)
+        report[split] = {k: json.loads(path.read_text())[k] for k in EVAL_KEYS}
+    return report
+
+
+def one_run(name: str, seed: int, steps: int, out_root: Path, limit: int | None) -> dict:
+    script, config, overrides = VARIANTS[name]
+    out = out_root / f"{name}-s{seed}"
+    log = out_root / "logs" / f"{name}-s{seed}.log"
+    t0 = time.time()
+    if not (out / "eval_test.json").exists():
+        if not (out / "checkpoints").exists() or not list((out / "checkpoints").glob(f"step_{steps - 1:06d}")):
+            args = [sys.executable, script, "--config", config, "--steps", str(steps), "--run-dir", str(out),
+                    "--set", f"run.seed={seed}", "--set", f"run.checkpoint_every={steps}"]
+            for o in overrides:
+                args += ["--set", o]
+            run(args, log)
+    wall = time.time() - t0
+    checkpoint = out / "checkpoints" / f"step_{steps - 1:06d}"
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    result = {"variant": name, "seed": seed, "run_dir": str(out), "steps": len(rows),
+              "train_s": float(sum(r["step_s"] for r in rows)),
+              "curves": {k: [r.get(k) for r in rows] for k in CURVE_KEYS},
+              **evaluate(checkpoint, out, log, limit)}
+    result["wall_s_this_call"] = wall
+    return result
+
+
+def start_checkpoint() -> Path:
+    """The SFT checkpoint every RL variant starts from (resolved the way the job resolves it)."""
+    sys.path.insert(0, str(ROOT))
+    from jobs.ral_grpo import resolve_sft
+    from ral_dist.config import RLJobConfig, load_config
+
+    return Path(resolve_sft(load_config(RLJobConfig, ROOT / RAL_CONFIG).model.checkpoint))
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    v = np.asarray(values, dtype=float)
+    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
+
+
+def summarize(results: list[dict], baseline: dict) -> tuple[dict, str]:
+    summary: dict = {"sft_start": baseline}
+    lines = ["| variant | seeds | val acc | test acc | val on-target | val sparsity | val consistency | train min/run |",
+             "|---|---|---|---|---|---|---|---|",
+             f"| SFT start | – | {baseline['val']['accuracy']:.3f} | {baseline['test']['accuracy']:.3f} | "
+             f"{baseline['val']['attention_on_target']:.3f} | {baseline['val']['sparsity']:.3f} | "
+             f"{baseline['val']['consistency']:.3f} | – |"]
+    for name in dict.fromkeys(r["variant"] for r in results):
+        runs = [r for r in results if r["variant"] == name]
+        entry = {f"{split}_{k}": _mean_std([r[split][k] for r in runs]) for split in ("val", "test")
+                 for k in EVAL_KEYS}
+        entry["seeds"] = [r["seed"] for r in runs]
+        entry["train_min_per_run"] = float(np.mean([r["train_s"] for r in runs]) / 60)
+        summary[name] = entry
+        cells = [f"{entry[k][0]:.3f} ± {entry[k][1]:.3f}" for k in ("val_accuracy", "test_accuracy",
+                 "val_attention_on_target", "val_sparsity", "val_consistency")]
+        lines.append(f"| {name} | {len(runs)} | {' | '.join(cells)} | {entry['train_min_per_run']:.1f} |")
+    return summary, "\n".join(lines)
+
+
+def plot(results: list[dict], path: Path, window: int = 10) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = ("accuracy", "attention_on_target", "attn_jsd", "kl")
+    fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 4))
+    for name in dict.fromkeys(r["variant"] for r in results):
+        for ax, key in zip(axes, keys, strict=True):
+            per_seed = [np.array([np.nan if v is None else v for v in r["curves"][key]], dtype=float)
+                        for r in results if r["variant"] == name]
+            n = min(len(c) for c in per_seed)
+            mean = np.nanmean(np.stack([c[:n] for c in per_seed]), axis=0)
+            smooth = np.convolve(mean, np.ones(window) / window, mode="valid") if n >= window else mean
+            ax.plot(np.arange(len(smooth)) + (n - len(smooth)), smooth, label=name)
+            ax.set_title(f"train {key} (mean over seeds, {window}-step avg)")
+            ax.set_xlabel("step")
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--out", default=str(ROOT / "runs" / "reproduction"))
+    p.add_argument("--eval-limit", type=int, default=None, help="first N samples of each split only")
+    args = p.parse_args(argv)
+    out_root = Path(args.out)
+    t0 = time.time()
+
+    baseline = evaluate(start_checkpoint(), out_root / "sft_start", out_root / "logs" / "sft_start.log",
+                        args.eval_limit)
+    results = []
+    for seed in args.seeds:  # seed-major: a cut-short sweep still has every variant at its first seeds
+        for name in args.variants:
+            r = one_run(name, seed, args.steps, out_root, args.eval_limit)
+            results.append(r)
+            print(f"[reproduce] {name} seed {seed}: val acc {r['val']['accuracy']:.3f} test acc "
+                  f"{r['test']['accuracy']:.3f} on-target {r['val']['attention_on_target']:.3f} "
+                  f"({r['train_s'] / 60:.1f} min of training)", flush=True)
+            summary, table = summarize(results, baseline)  # written after every run: a cut sweep keeps its part
+            RESULTS.mkdir(parents=True, exist_ok=True)
+            (RESULTS / "reproduction.json").write_text(json.dumps(
+                {"steps": args.steps, "seeds": args.seeds, "variants": args.variants, "summary": summary,
+                 "runs": results, "sweep_wall_s": time.time() - t0}, indent=1))
+            plot(results, RESULTS / "reproduction_curves.png")
+    print(table)
+
+
+if __name__ == "__main__":
+    main()

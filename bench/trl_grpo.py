@@ -1,0 +1,159 @@
+"""TRL's GRPOTrainer on our tiny Qwen2.5-VL and the grounded VQA task: the end-to-end baseline of bench/rl_loop.py.
+
+Runs in the bench environment (`make setup-bench`: .venv-bench with trl), never in .venv:
+
+    .venv-bench/bin/python bench/trl_grpo.py --steps 10 [--prompts 8 --group 4 --max-new-tokens 32 --json out.json]
+
+What a user would do with TRL: the tiny random Qwen2.5-VL (seed 0, the weights our benchmark starts from) saved as
+a Hugging Face checkpoint and given to GRPOTrainer by path; a conversational dataset with an ``image`` column
+(the same cached task split our job reads); reward functions = the paper's reward (0.9 exact match + 0.1 format,
+our `exact_match` / `format_score`). One TRL step = one optimizer step over ``prompts × group / minibatches``
+completions; a generation round of ``prompts × group`` completions (``steps_per_generation = minibatches``)
+feeds ``minibatches`` optimizer steps, the same shape as one step of our job. Gradient checkpointing off (we do
+not use it), beta 0.04 (a reference model, as ours), temperature 1, top-p 1.
+
+transformers' own Qwen2_5_VLProcessor needs a video processor, which needs torchvision (not installable beside
+CPU torch): `ImageOnlyProcessor` is that class with the video half left out; its output equals our adapter's
+encoding (checked at start). Prints, and writes to ``--json``: samples/s and CPU seconds per sample over whole
+generation rounds after the first (warm-up) round, and each round's seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def image_only_processor(tokenizer, image_processor, chat_template):
+    from transformers import Qwen2_5_VLProcessor
+    from transformers.processing_utils import ProcessorMixin
+
+    class ImageOnlyProcessor(Qwen2_5_VLProcessor):
+        def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+            self.image_token, self.video_token = "<|image_pad|>", "<|video_pad|>"
+            self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
+            self.video_token_id = tokenizer.convert_tokens_to_ids(self.video_token)
+            ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
+
+    return ImageOnlyProcessor(image_processor=image_processor, tokenizer=tokenizer, chat_template=chat_template)
+
+
+def tiny_checkpoint(seed: int = 0) -> Path:
+    """The tiny random Qwen2.5-VL as a Hugging Face checkpoint, cached outside the repo."""
+    from ral_dist.models import get_adapter
+    from ral_dist.paths import cache_dir
+
+    out = cache_dir("bench", f"tiny_qwen2_5_vl_seed{seed}")
+    if not (out / "model.safetensors").exists():
+        model, processor = get_adapter("qwen2_5_vl").build_tiny(seed=seed)
+        model.save_pretrained(out, safe_serialization=True)
+        processor.save_pretrained(out)
+    return out
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--steps", type=int, default=10, help="optimizer steps (a multiple of --minibatches)")
+    p.add_argument("--prompts", type=int, default=8, help="prompts per generation round")
+    p.add_argument("--group", type=int, default=4, help="G")
+    p.add_argument("--minibatches", type=int, default=2, help="optimizer steps per generation round")
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (bench/rl_loop.py passes its --trl-threads)")
+    p.add_argument("--json", default=None, help="also write the result here")
+    args = p.parse_args(argv)
+    if args.steps % args.minibatches or args.steps < 2 * args.minibatches:
+        raise SystemExit("--steps must be a multiple of --minibatches and cover at least 2 generation rounds")
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    import trl
+    from datasets import Dataset
+    from transformers import TrainerCallback
+
+    from ral_dist.algorithms.answer_rewards import exact_match, format_score
+    from ral_dist.data import SYSTEM_PROMPT, read_dataset, user_text
+    from ral_dist.data.cache import ensure_dataset
+    from ral_dist.models import VisualPrompt, get_adapter
+    from ral_dist.models.qwen_vl import CHAT_TEMPLATE
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import common
+
+    cfg = common.tiny_config()
+    ckpt = tiny_checkpoint(cfg.run.seed)
+    adapter = get_adapter("qwen2_5_vl")
+    ours = adapter.load_processor(ckpt)
+    processor = image_only_processor(ours.tokenizer, ours.image_processor, CHAT_TEMPLATE)
+    samples, _ = read_dataset(ensure_dataset(cfg.data.task, cfg.data.sizes), "train")
+    mode = cfg.data.prompt_mode
+
+    def prompt(s):
+        return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user_text(s, mode)}]
+
+    # Same prompt tokens as our rollout worker's (else the comparison is off from the first token).
+    from trl.data_utils import prepare_multimodal_messages
+
+    s0 = samples[0]
+    theirs = processor.apply_chat_template(conversation=[prepare_multimodal_messages(prompt(s0), s0.get_images())],
+                                           add_generation_prompt=True, tokenize=True, return_dict=True)
+    mine = adapter.encode(ours, [VisualPrompt(s0.get_images(), s0.question, kind="image",
+                                              instruction=user_text(s0, mode)[len(s0.question) + 1:],
+                                              system=SYSTEM_PROMPT)])
+    assert list(theirs["input_ids"][0]) == mine.inputs["input_ids"][0].tolist(), "TRL's prompt differs from ours"
+
+    n_rows = args.prompts * (args.steps // args.minibatches + 1)
+    data = Dataset.from_list([{"prompt": prompt(s), "image": s.get_images()[0], "answer": s.answer}
+                              for s in samples[:n_rows]])
+
+    def task_reward(completions, answer, **_):
+        return [exact_match(c[0]["content"], a).value for c, a in zip(completions, answer, strict=True)]
+
+    def format_reward(completions, **_):
+        return [format_score(c[0]["content"], mode).value for c in completions]
+
+    per_step = args.prompts * args.group // args.minibatches
+    config = trl.GRPOConfig(
+        output_dir=str(common.RESULTS / ".trl_tmp"), per_device_train_batch_size=per_step,
+        gradient_accumulation_steps=1, steps_per_generation=args.minibatches, num_generations=args.group,
+        num_iterations=1, max_completion_length=args.max_new_tokens, temperature=cfg.rollout.temperature,
+        top_p=1.0, beta=cfg.learner.beta, epsilon=cfg.learner.clip_eps, learning_rate=cfg.learner.lr,
+        max_grad_norm=cfg.learner.grad_clip, reward_weights=[0.9, 0.1], max_steps=args.steps,
+        gradient_checkpointing=False, use_cpu=True, bf16=False, report_to="none", save_strategy="no",
+        logging_steps=10**6, disable_tqdm=True, dataloader_num_workers=0, seed=cfg.run.seed, shuffle_dataset=False)
+
+    ends: list[float] = []
+    cpu_ends: list[float] = []  # this process's CPU seconds (every thread), at the same moments
+
+    class StepClock(TrainerCallback):
+        def on_step_end(self, *_, **__):
+            ends.append(time.perf_counter())
+            cpu_ends.append(time.process_time())
+
+    trainer = trl.GRPOTrainer(model=str(ckpt), reward_funcs=[task_reward, format_reward], args=config,
+                              train_dataset=data, processing_class=processor, callbacks=[StepClock()])
+    t0 = time.perf_counter()
+    trainer.train()
+    wall = time.perf_counter() - t0
+    # Whole generation rounds after the first: ends[k-1] closes round 1, ends[-1] the last one.
+    k = args.minibatches
+    rounds = (len(ends) - k) // k
+    round_s = [ends[k * (i + 2) - 1] - ends[k * (i + 1) - 1] for i in range(rounds)]
+    result = {"trl": trl.__version__, "torch_threads": args.threads, "steps": len(ends),
+              "samples_per_round": args.prompts * args.group, "round_s": round_s,
+              "samples_per_s": args.prompts * args.group * rounds / (ends[-1] - ends[k - 1]),
+              "cpu_s_per_sample": (cpu_ends[-1] - cpu_ends[k - 1]) / (args.prompts * args.group * rounds),
+              "wall_s": wall, "loss_type": config.loss_type, "checkpoint": str(ckpt)}
+    print(json.dumps(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()

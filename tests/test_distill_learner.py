@@ -1,0 +1,115 @@
+"""The student learner of the distillation job, in-process on one gloo rank (no Ray): the loss is GRPO +
+mu * reverse KL + gamma_attn * attention JSD, gamma_attn = 0 is exactly on-policy KD, a teacher equal to the
+student gives zero divergences.
+
+Teachers are random tiny Qwen2.5-VLs (no SFT: these are identities of the loss, not of what a teacher knows).
+"""
+
+import copy
+
+import pytest
+import torch
+
+from ral_dist.algorithms import group_advantages  # noqa: E402
+from ral_dist.collate import trajectories_from_generation  # noqa: E402
+from ral_dist.config import DistillJobConfig  # noqa: E402
+from ral_dist.data import GroundedVQAConfig  # noqa: E402
+from ral_dist.data import generate as generate_samples  # noqa: E402
+from ral_dist.generation import generate  # noqa: E402
+from ral_dist.learner import Learner  # noqa: E402
+from ral_dist.models import build_policy  # noqa: E402
+from ral_dist.models.capture import use_capture_attention  # noqa: E402
+from ral_dist.prompting import visual_prompt  # noqa: E402
+from ral_dist.teacher import TeacherActor, side_fingerprint  # noqa: E402
+
+MODE = "think"
+G = 4
+LARGER = {"text": {"hidden_size": 192, "intermediate_size": 384, "num_hidden_layers": 6, "num_attention_heads": 6,
+                   "num_key_value_heads": 2}}
+
+
+@pytest.fixture(scope="module")
+def port(gloo_port):
+    return gloo_port  # the session's single-rank gloo group (tests/conftest.py)
+
+
+def _config(gamma_attn=0.5, mu=1.0, teacher_tiny=LARGER, teacher_seed=1, top_k=None) -> dict:
+    return DistillJobConfig.model_validate({
+        "run": {"seed": 0}, "data": {"prompt_mode": MODE},
+        "rollout": {"temperature": 1.0, "max_new_tokens": 8, "attention_wire_dtype": "float32"},
+        "learner": {"num_ranks": 1, "zero_stage": 0, "lr": 1e-3, "beta": 0.0, "num_minibatches": 1},
+        "teacher": {"tiny": teacher_tiny, "seed": teacher_seed, "top_k": top_k},
+        "distill": {"mu": mu, "gamma_attn": gamma_attn},
+    }).model_dump(mode="json")
+
+
+@pytest.fixture(scope="module")
+def trajectories():
+    """2 prompts x G responses of the student's version-0 weights, with group advantages."""
+    adapter, model, processor = build_policy("qwen2_5_vl", None, {}, seed=0)
+    use_capture_attention(model)
+    samples = generate_samples(GroundedVQAConfig(), "train", 2)
+    gen = generate(adapter, model, processor, [visual_prompt(s, MODE) for s in samples], num_samples=G,
+                   max_new_tokens=8, temperature=1.0, capture=True, capture_question=True, seed=0)
+    trajs = trajectories_from_generation(gen, [s for s in samples for _ in range(G)], [i // G for i in range(2 * G)],
+                                         0, 2, 8, wire_dtype=torch.float32)
+    rewards = torch.tensor([1.0, 0.0, 0.1, 0.9, 0.0, 1.0, 0.3, 0.0])
+    for t, a in zip(trajs, group_advantages(rewards, G).tolist(), strict=True):
+        t.advantage = a
+    return trajs
+
+
+def _targets(trajectories, **config):
+    teacher = TeacherActor(0, _config(**config), side_fingerprint("qwen2_5_vl", None, {}))
+    return teacher.targets(trajectories)[0]
+
+
+def _step(port, trajectories, targets, **config):
+    learner = Learner(0, 1, "127.0.0.1", port, _config(**config))
+    stats = learner.train_step(0, copy.deepcopy(trajectories), teacher=[targets])
+    params = {n: p.detach().clone() for n, p in learner.engine.module.named_parameters()}
+    return stats, params
+
+
+def test_the_loss_is_grpo_plus_the_distillation_terms(port, trajectories):
+    targets = _targets(trajectories)
+    stats, _ = _step(port, trajectories, targets, gamma_attn=0.7, mu=2.0)
+    assert stats["reverse_kl"] > 0.01 and stats["teacher_attn_jsd"] > 1e-6 and stats["teacher_wait_s"] >= 0
+    # one update on the version-0 weights: ratio 1, KL 0, so the total is exactly the sum of its terms
+    assert stats["loss"] == pytest.approx(stats["policy_loss"] + 2.0 * stats["reverse_kl"]
+                                          + 0.7 * stats["teacher_attn_jsd"], rel=1e-6)
+
+
+def test_gamma_zero_is_on_policy_kd_whatever_the_teacher_attends_to(port, trajectories):
+    targets = _targets(trajectories)
+    # the same teacher tokens, but attention rows that put every row's mass on its first key
+    shifted = [copy.copy(t) for t in targets]
+    for t in shifted:
+        t.attention = torch.zeros_like(t.attention)
+        t.attention[:, 0] = 1.0
+    kd, kd_params = _step(port, trajectories, targets, gamma_attn=0.0)
+    kd2, kd2_params = _step(port, trajectories, shifted, gamma_attn=0.0)
+    assert kd["loss"] == pytest.approx(kd["policy_loss"] + kd["reverse_kl"], rel=1e-6)
+    assert kd2["teacher_attn_jsd"] > kd["teacher_attn_jsd"] + 0.1  # logged, but no part of the loss
+    assert all(torch.equal(kd_params[n], kd2_params[n]) for n in kd_params)  # bit-identical updates
+    # the same switch on: now the attention rows move the weights
+    _, on_params = _step(port, trajectories, targets, gamma_attn=1.0)
+    _, on2_params = _step(port, trajectories, shifted, gamma_attn=1.0)
+    assert not all(torch.equal(on_params[n], on2_params[n]) for n in on_params)
+
+
+def test_a_teacher_equal_to_the_student_gives_zero_divergence(port, trajectories):
+    # the student's own architecture and initial weights (seed 0) as the teacher, top-k targets
+    targets = _targets(trajectories, teacher_tiny={}, teacher_seed=0, top_k=16)
+    stats, _ = _step(port, trajectories, targets, gamma_attn=1.0)
+    assert abs(stats["reverse_kl"]) < 1e-5 and stats["teacher_attn_jsd"] < 1e-6
+    assert stats["loss"] == pytest.approx(stats["policy_loss"], abs=1e-5)
+
+
+def test_targets_must_cover_every_trajectory(port, trajectories):
+    targets = _targets(trajectories[:2])
+    learner = Learner(0, 1, "127.0.0.1", port, _config())
+    with pytest.raises(ValueError, match="2 teacher targets for 8 trajectories"):
+        learner.train_step(0, copy.deepcopy(trajectories), teacher=[targets])
+    with pytest.raises(ValueError, match="needs the teacher's targets"):
+        learner.train_step(0, copy.deepcopy(trajectories))
