@@ -115,8 +115,9 @@ def summarize(results: list[dict], baseline: dict) -> tuple[dict, str]:
         entry["seeds"] = [r["seed"] for r in runs]
         entry["train_min_per_run"] = float(np.mean([r["train_s"] for r in runs]) / 60)
         summary[name] = entry
-        cells = [f"{entry[k][0]:.3f} ± {entry[k][1]:.3f}" for k in ("val_accuracy", "test_accuracy",
-                 "val_attention_on_target", "val_sparsity", "val_consistency")]
+        spread = len(runs) > 1  # one seed has no spread to show
+        cells = [f"{entry[k][0]:.3f}" + (f" ± {entry[k][1]:.3f}" if spread else "") for k in (
+                 "val_accuracy", "test_accuracy", "val_attention_on_target", "val_sparsity", "val_consistency")]
         lines.append(f"| {name} | {len(runs)} | {' | '.join(cells)} | {entry['train_min_per_run']:.1f} |")
     return summary, "\n".join(lines)
 

@@ -15,7 +15,8 @@ from collections.abc import Callable
 
 import ray
 
-from ral_dist.controller import Controller, wait_all
+from ral_dist.controller import Controller
+from ral_dist.ray_cluster import wait_all
 from ral_dist.teacher import TeacherActor, side_fingerprint
 
 

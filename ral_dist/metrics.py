@@ -116,6 +116,7 @@ BUSY = Metric("ral_actor_busy_seconds_total", "counter", "Seconds an actor spent
 RESTARTS = Metric("ral_actor_restarts_total", "counter", "Actor restarts after a failure.")
 
 METRICS: tuple[Metric, ...] = tuple(v for v in dict(globals()).values() if isinstance(v, Metric))
+DISTILL_ONLY: tuple[Metric, ...] = (TEACHER_ATTN_JSD,)  # set by the distillation job's learners only
 
 
 # ---------------------------------------------------------------------------------------------- recording
