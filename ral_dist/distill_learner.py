@@ -29,23 +29,18 @@ def attach_targets(trajectories: list[Trajectory], teacher: list, step: int, tim
     """Set ``t.teacher`` on every trajectory, in order; returns the seconds spent waiting for the teacher.
 
     ``teacher``: per rollout chunk, an ObjectRef of (or a plain) list of `TeacherTargets`, in the order of the
-    chunks the trajectories came from. Refs are fetched as they complete, not in order.
+    chunks the trajectories came from; a failed teacher call raises as soon as it fails.
     """
     t0 = time.time()
     chunks: list = list(teacher)
-    pending = {i: c for i, c in enumerate(chunks) if not isinstance(c, list)}
+    pending = [i for i, c in enumerate(chunks) if not isinstance(c, list)]
     if pending:
-        import ray  # only the Ray path needs it
+        from ral_dist.ray_cluster import wait_all  # only the Ray path needs it
 
-        refs = list(pending.values())
-        index = {ref: i for i, ref in pending.items()}
-        deadline = time.time() + timeout_s
-        while refs:
-            ready, refs = ray.wait(refs, num_returns=1, timeout=max(0.0, deadline - time.time()))
-            if not ready:
-                raise TimeoutError(f"step {step}: timed out after {timeout_s:.0f}s waiting for the teacher targets "
-                                   f"of {len(refs)} rollout chunk(s)")
-            chunks[index[ready[0]]] = ray.get(ready[0])
+        fetched = wait_all([chunks[i] for i in pending], f"step {step}: the teacher targets of {len(pending)} "
+                           "rollout chunk(s)", timeout_s)
+        for i, c in zip(pending, fetched, strict=True):
+            chunks[i] = c
     waited = time.time() - t0
     targets = [t for c in chunks for t in c]
     if len(targets) != len(trajectories):
