@@ -39,7 +39,8 @@ VARIANTS: dict[str, tuple[str, str, list[str]]] = {
     "kd_attn": ("jobs/ral_distill.py", DISTILL_CONFIG, ["distill.gamma_attn=0.5"]),
 }
 EVAL_KEYS = ("accuracy", "format_rate", "attention_on_target", "sparsity", "consistency")
-CURVE_KEYS = ("accuracy", "reward_mean", "attention_on_target", "attn_jsd", "attn_grad_norm", "kl")
+CURVE_KEYS = ("accuracy", "reward_mean", "attention_on_target", "attn_jsd", "attn_grad_norm", "kl",
+              "teacher_attn_jsd")
 
 
 def run(cmd: list[str], log: Path) -> None:
@@ -128,16 +129,20 @@ def plot(results: list[dict], path: Path, window: int = 10) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = ("accuracy", "attention_on_target", "attn_jsd", "kl")
+    keys = ("accuracy", "attention_on_target", "attn_jsd", "kl", "teacher_attn_jsd")
     fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 4))
-    for name in dict.fromkeys(r["variant"] for r in results):
+    names = list(dict.fromkeys(r["variant"] for r in results))
+    colours = dict(zip(names, plt.cm.tab10.colors, strict=False))  # one colour per variant in every panel
+    for name in names:
         for ax, key in zip(axes, keys, strict=True):
             per_seed = [np.array([np.nan if v is None else v for v in r["curves"][key]], dtype=float)
                         for r in results if r["variant"] == name]
+            if all(np.isnan(c).all() for c in per_seed):  # e.g. teacher_attn_jsd of an RL variant
+                continue
             n = min(len(c) for c in per_seed)
             mean = np.nanmean(np.stack([c[:n] for c in per_seed]), axis=0)
             smooth = np.convolve(mean, np.ones(window) / window, mode="valid") if n >= window else mean
-            ax.plot(np.arange(len(smooth)) + (n - len(smooth)), smooth, label=name)
+            ax.plot(np.arange(len(smooth)) + (n - len(smooth)), smooth, label=name, color=colours[name])
             ax.set_title(f"train {key} (mean over seeds, {window}-step avg)")
             ax.set_xlabel("step")
     axes[0].legend()

@@ -29,6 +29,7 @@ from ral_dist.algorithms import exact_match
 from ral_dist.data import GroundedVQAConfig, Sample, generate, region_token_mask
 from ral_dist.generation import generate as generate_responses
 from ral_dist.models import get_adapter
+from ral_dist.models.qwen_vl import TINY_ROPE_THETA
 from ral_dist.prompting import IGNORE_INDEX, sft_batch, visual_prompt
 
 FAMILY = "qwen2_5_vl"
@@ -98,7 +99,7 @@ def build_model(args):
     half = head_dim // 2
     t_sec = half // 4
     h_sec = (half - t_sec) // 2
-    text["rope_parameters"] = {"rope_type": "default", "rope_theta": 10000.0,
+    text["rope_parameters"] = {"rope_type": "default", "rope_theta": TINY_ROPE_THETA,
                                "mrope_section": [t_sec, h_sec, half - t_sec - h_sec]}
     vision = dict(depth=args.vision_depth, hidden_size=args.vision_hidden, intermediate_size=2 * args.vision_hidden,
                   num_heads=args.vision_heads, patch_size=args.patch,

@@ -33,7 +33,14 @@ def parse_args(argv=None):
 
 
 def cached_checkpoint_dir(cfg: SFTJobConfig) -> Path:
-    key = hashlib.sha256(json.dumps(cfg.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
+    """Keyed by the config and, for a model trained from scratch, the architecture it resolves to: a change of the
+    tiny defaults in code must not reuse a checkpoint of the old architecture."""
+    keyed = cfg.model_dump(mode="json")
+    if cfg.model.checkpoint is None:
+        from ral_dist.models import tiny_architecture
+
+        keyed["tiny_architecture"] = tiny_architecture(cfg.model.family, cfg.model.tiny)
+    key = hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:16]
     return cache_dir("sft") / key
 
 

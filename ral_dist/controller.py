@@ -260,7 +260,7 @@ class Controller:
             **{f"reward_{k}": float(np.mean([r.terms[k] for r in results])) for k in results[0].terms},
             "kl": stats["kl"], "attn_loss": stats["attn_loss"], "attn_jsd": stats["attn_jsd"],
             "attn_grad_norm": stats["attn_grad_norm"], "policy_loss": stats["policy_loss"], "loss": stats["loss"],
-            "clip_fraction": stats["clip_fraction"], "skipped_updates": stats["skipped_updates"],
+            "clip_fraction": stats["clip_fraction"], "skipped_updates": stats["skipped_updates"], "lr": stats["lr"],
             "staleness_max": stats["staleness_max"], "nonfinite_rewards": nonfinite,
             "rollout_s": rollout_s, "reward_s": reward_s, "learn_s": learn_s, "sync_s": sync_s,
             "sync_bytes": sync_bytes, "step_s": step_s, "reward_notes": dict(notes),

@@ -26,7 +26,7 @@ from ral_dist import metrics
 from ral_dist.algorithms import ral_loss, tis_weights
 from ral_dist.collate import LearnerBatch, learner_batch
 from ral_dist.config import job_config
-from ral_dist.deepspeed_engine import full_state_dict, init_engine
+from ral_dist.deepspeed_engine import full_state_dict, init_engine, set_lr
 from ral_dist.distill_learner import attach_targets, distill_terms, teacher_batch
 from ral_dist.generation import score_responses
 from ral_dist.messages import Trajectory, flatten
@@ -259,6 +259,8 @@ class Learner:
         if lc.old_policy == "recompute":
             shard = self._recompute_old(shard, self._minibatches(shard, step, 0), capture)
         tis = self._tis_step_stats(shard, rollout_logp) if lc.tis_cap is not None else {}
+        lr = lc.lr * min(1.0, (step + 1) / lc.warmup_steps) if lc.warmup_steps else lc.lr
+        set_lr(self.optimizer, lr)  # from the step number, so a resumed run continues the same schedule
         ref_cache: dict[int, torch.Tensor] = {}
 
         sums = dict.fromkeys(self._stats, 0.0)
@@ -331,6 +333,7 @@ class Learner:
             "attn_grad_norm_by_minibatch": by_mb,
             "skipped_updates": skipped,
             "updates": applied,
+            "lr": lr,
             "n_trajectories": len(everything),
             "n_tokens": int(sum(len(t.response_ids) for t in everything)),
             "learn_s": time.time() - t0,

@@ -141,6 +141,16 @@ def test_attention_gradient_norm_is_measured_every_nth_step_only(port, trajector
     assert all(math.isnan(g) for g in norms[1])  # step 1: not measured, said by NaN (never a made-up 0)
 
 
+def test_lr_warmup_scales_the_first_steps(port, trajectories):
+    """Adam's first update moves a weight by the full lr whatever its gradient; warm-up makes that lr / warmup_steps."""
+    learner = _learner(port, lr=1e-3, warmup_steps=4)
+    before = _params(learner)
+    stats = learner.train_step(0, trajectories)
+    moved = max(float((p - before[n]).abs().max()) for n, p in _params(learner).items())
+    assert stats["lr"] == pytest.approx(2.5e-4) and moved == pytest.approx(2.5e-4, rel=1e-3)
+    assert [learner.train_step(s, trajectories)["lr"] for s in (1, 3, 7)] == pytest.approx([5e-4, 1e-3, 1e-3])
+
+
 def test_one_update_per_batch_warns_and_equals_grpo(port, trajectories):
     ral = _learner(port, lambda_attn=1.0, old_policy="recompute")
     assert ral.warnings == [ONE_UPDATE_WARNING]

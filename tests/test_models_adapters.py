@@ -108,3 +108,32 @@ def test_checkpoint_that_does_not_match_the_model_is_a_clear_error(tmp_path):
     other, _ = get_adapter("idefics3").build_tiny()
     with pytest.raises(RuntimeError, match="Missing key|Unexpected key"):
         other.load_state_dict(model.state_dict(), strict=True)  # what a rollout worker's weight sync does
+
+
+def test_tiny_qwen_rotary_tells_neighbouring_grid_cells_apart():
+    """mrope gives the h and w sections the slowest rotary frequencies; in the tiny model (head_dim 32) they must
+    still turn a visible angle per position, else a 4 x 4 visual grid is position-blind (README, issue 4)."""
+    model, _ = QwenVLAdapter().build_tiny()
+    inv_freq = model.model.language_model.rotary_emb.inv_freq  # rad per position, fastest pair first
+    t, h, w = model.config.text_config.rope_parameters["mrope_section"]
+    assert len(inv_freq) == t + h + w
+    assert inv_freq[t:].min() > 0.3
+
+
+def test_sft_cache_key_follows_the_tiny_architecture(monkeypatch):
+    """A change of the tiny defaults in code retrains the cached SFT checkpoint instead of reusing the old one."""
+    import sys
+    from pathlib import Path
+
+    from ral_dist.config import SFTJobConfig, load_config
+    from ral_dist.models import qwen_vl
+
+    root = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(root / "jobs"))
+    import sft
+
+    cfg = load_config(SFTJobConfig, root / "jobs" / "configs" / "sft_tiny_cpu.yaml")
+    key = sft.cached_checkpoint_dir(cfg)
+    assert sft.cached_checkpoint_dir(cfg) == key
+    monkeypatch.setattr(qwen_vl, "TINY_ROPE_THETA", 10000.0)
+    assert sft.cached_checkpoint_dir(cfg) != key

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -31,9 +32,15 @@ def adapter_for_checkpoint(path: str | Path) -> VLMAdapter:
     return get_adapter(json.loads(config_file.read_text())["model_type"])
 
 
+def tiny_architecture(family: str, tiny: dict | None = None) -> dict:
+    """The full config (JSON-able) of the tiny random model that ``build_policy(family, None, tiny)`` builds."""
+    adapter = get_adapter(family)
+    config = adapter.tiny_config(adapter.build_processor(), **copy.deepcopy(tiny or {}))
+    return json.loads(config.to_json_string(use_diff=False))
+
+
 __all__ = ["ADAPTERS", "PromptBatch", "VLMAdapter", "VisualPrompt", "adapter_for_checkpoint", "append_response",
-           "build_policy",
-           "get_adapter"]
+           "build_policy", "get_adapter", "tiny_architecture"]
 
 
 def build_policy(family: str, checkpoint: str | None, tiny: dict | None = None, seed: int = 0,

@@ -42,6 +42,12 @@ CHAT_TEMPLATE = (
 )
 DEFAULT_SYSTEM = "You are a helpful assistant."
 
+# Qwen's mrope gives the t / h / w sections of a head contiguous blocks of rotary frequencies, w the lowest. With a
+# tiny head (32 dims) and the usual theta 1e4 the w section turns by < 0.006 rad per position, so a 4 x 4 token grid
+# is position-blind: the model can name the colours in a picture but not say which cell holds which (val accuracy
+# 0.465, that chance). At theta 3 the slowest pair still turns 0.36 rad per position: 0.835 after the same SFT.
+TINY_ROPE_THETA = 3.0
+
 
 class QwenVLProcessor:
     """Tokenizer + PIL image processor + video patchify, producing what the official Qwen2.5-VL processor does."""
@@ -127,7 +133,7 @@ class QwenVLAdapter(VLMAdapter):
         tok_ids = {t: processor.tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
         text = dict(vocab_size=len(processor.tokenizer), hidden_size=128, intermediate_size=256, num_hidden_layers=4,
                     num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
-                    rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [4, 6, 6]},
+                    rope_parameters={"rope_type": "default", "rope_theta": TINY_ROPE_THETA, "mrope_section": [4, 6, 6]},
                     bos_token_id=tok_ids["<|endoftext|>"], eos_token_id=tok_ids["<|im_end|>"],
                     pad_token_id=tok_ids["<|endoftext|>"], tie_word_embeddings=False)
         text.update(overrides.pop("text", {}))
