@@ -1,12 +1,13 @@
 """The small-scale reproduction (issue 10, RAL.md §6): GRPO vs RAL, on-policy KD vs KD + attention distillation.
 
     python bench/reproduce.py [--steps 100] [--seeds 0 1 2] [--variants grpo ral_1 …] [--out runs/reproduction]
+                              [--name reproduction]
 
 Every variant starts from the same SFT checkpoint with the same budget of steps; each (variant, seed) is one real
 job (`jobs/ral_grpo.py` or `jobs/ral_distill.py` on a private local Ray cluster) followed by `jobs/eval.py` on the
 val and test splits of its final checkpoint. Finished runs are reused (their eval JSON exists), so an interrupted
-sweep continues where it stopped. Writes bench/results/reproduction.json, learning curves
-(bench/results/reproduction_curves.png) and prints the summary table (mean ± std over seeds).
+sweep continues where it stopped. Writes bench/results/NAME.json, learning curves (bench/results/NAME_curves.png)
+and prints the summary table (mean ± std over seeds).
 """
 
 from __future__ import annotations
@@ -157,6 +158,7 @@ def main(argv=None) -> None:
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--out", default=str(ROOT / "runs" / "reproduction"))
     p.add_argument("--eval-limit", type=int, default=None, help="first N samples of each split only")
+    p.add_argument("--name", default="reproduction", help="bench/results/NAME.json and NAME_curves.png")
     args = p.parse_args(argv)
     out_root = Path(args.out)
     t0 = time.time()
@@ -173,10 +175,12 @@ def main(argv=None) -> None:
                   f"({r['train_s'] / 60:.1f} min of training)", flush=True)
             summary, table = summarize(results, baseline)  # written after every run: a cut sweep keeps its part
             RESULTS.mkdir(parents=True, exist_ok=True)
-            (RESULTS / "reproduction.json").write_text(json.dumps(
+            (RESULTS / f"{args.name}.json").write_text(json.dumps(
                 {"steps": args.steps, "seeds": args.seeds, "variants": args.variants, "summary": summary,
-                 "runs": results, "sweep_wall_s": time.time() - t0}, indent=1))
-            plot(results, RESULTS / "reproduction_curves.png")
+                 "runs": results, "train_s_all_runs": sum(r["train_s"] for r in results),
+                 # a rerun reuses finished runs, so this invocation's wall can be far below the sweep's
+                 "wall_s_this_call": time.time() - t0}, indent=1))
+            plot(results, RESULTS / f"{args.name}_curves.png")
     print(table)
 
 

@@ -1,7 +1,7 @@
 """The whole RL loop: sync vs one_step_off, weight sync per step, and end-to-end samples/s against TRL.
 
 One real `Controller` (placement group, 2 rollout workers, 2 reward workers, 2 DeepSpeed learner ranks over
-gloo; the tiny random Qwen2.5-VL, 8 prompts × G 4, 32 new tokens, 2 mini-batches, ZeRO 0: the tiny job's
+gloo; the tiny random Qwen2.5-VL, 16 prompts × G 8, 32 new tokens, 4 mini-batches, ZeRO 0: the tiny job's
 shapes) runs blocks of ``--steps`` steps, alternating the mode, and between each pair of blocks TRL's
 GRPOTrainer runs the same shapes in the bench environment (bench/trl_grpo.py, a subprocess). The first step
 of every block is dropped (in one_step_off it has nothing to overlap with; it also carries the block's
@@ -76,8 +76,8 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--repeats", type=int, default=3, help="(sync block, one_step_off block, TRL run) rounds")
     p.add_argument("--steps", type=int, default=6, help="steps per block (the first is dropped)")
-    p.add_argument("--trl-steps", type=int, default=8,
-                   help="TRL optimizer steps per run (num_minibatches per round)")
+    p.add_argument("--trl-steps", type=int, default=12,
+                   help="TRL optimizer steps per run (num_minibatches per round; the first round is dropped)")
     p.add_argument("--trl-python", default=str(common.ROOT / ".venv-bench" / "bin" / "python"),
                    help="python of the bench environment (TRL); '' skips the TRL comparison")
     p.add_argument("--trl-threads", type=int, default=1,
@@ -92,7 +92,7 @@ def main(argv=None) -> dict:
     p.add_argument("--quick", action="store_true", help="2 rounds of 3-step blocks")
     args = p.parse_args(argv)
     if args.quick:
-        args.repeats, args.steps, args.trl_steps = 2, 3, 4
+        args.repeats, args.steps, args.trl_steps = 2, 3, 8
     if args.trl_python and not Path(args.trl_python).exists():
         raise SystemExit(f"{args.trl_python} not found: run `make setup-bench`, or pass --trl-python '' to skip TRL")
 

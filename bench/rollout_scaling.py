@@ -1,6 +1,6 @@
 """Rollout throughput with 1 and 2 rollout workers (Ray actors, hf engine, 1 torch thread each).
 
-The same step's prompts (8 prompts × G 4, 32 new tokens: the tiny job's rollout) go to one worker, or split
+The same step's prompts (16 prompts × G 8, 32 new tokens: the tiny job's rollout) go to one worker, or split
 over two as the controller splits them; each variant's time runs from the calls' launch until every batch is
 back in the driver (sampling, the scoring pass with attention maps, unpadding, the object store). The two
 variants alternate on the same warm actors. Goal: 2 workers / 1 worker >= 1.7x samples/s — on 2 cores that
@@ -8,7 +8,7 @@ other jobs share, the second worker can at best get the second core. A third var
 prompts, tells how far the work is compute-bound: if half the batch takes nearly the full batch's time, a decode
 step costs per step rather than per sequence, and splitting the batch over workers cannot halve it.
 
-    .venv/bin/python bench/rollout_scaling.py [--prompts 8] [--repeats 11] [--quick]
+    .venv/bin/python bench/rollout_scaling.py [--prompts 16] [--group 8] [--repeats 11] [--quick]
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ GOAL = ">= 1.7"
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--prompts", type=int, default=8)
-    p.add_argument("--group", type=int, default=4)
+    p.add_argument("--prompts", type=int, default=common.TINY_SYSTEMS["rollout"]["prompts_per_step"])
+    p.add_argument("--group", type=int, default=common.TINY_SYSTEMS["rollout"]["group_size"])
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--repeats", type=int, default=11)
     p.add_argument("--quick", action="store_true", help="4 repeats")

@@ -127,6 +127,9 @@ class LearnerConfig(Strict):
         0, ge=0, description="linear learning-rate warm-up over the first N steps (OpenRLHF's lr_warmup_ratio, veRL's "
                              "lr_warmup_steps): Adam's first update moves every weight by the full lr whatever the "
                              "gradient, which put a tiny model's KL to the reference at 28 nats at lr 5e-4")
+    min_lr_ratio: float = Field(
+        1.0, ge=0, le=1, description="cosine decay of the lr after warm-up to this fraction of lr at run.steps "
+                                     "(1.0: constant; OpenRLHF's cosine_with_min_lr uses 0.1)")
     weight_decay: float = Field(0.0, ge=0)
     grad_clip: float = Field(1.0, gt=0)
     ppo_epochs: int = Field(1, ge=1)

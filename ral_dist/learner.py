@@ -26,7 +26,7 @@ from ral_dist import metrics
 from ral_dist.algorithms import ral_loss, tis_weights
 from ral_dist.collate import LearnerBatch, learner_batch
 from ral_dist.config import job_config
-from ral_dist.deepspeed_engine import full_state_dict, init_engine, set_lr
+from ral_dist.deepspeed_engine import cosine_lr, full_state_dict, init_engine, set_lr
 from ral_dist.distill_learner import attach_targets, distill_terms, teacher_batch
 from ral_dist.generation import score_responses
 from ral_dist.messages import Trajectory, flatten
@@ -259,7 +259,7 @@ class Learner:
         if lc.old_policy == "recompute":
             shard = self._recompute_old(shard, self._minibatches(shard, step, 0), capture)
         tis = self._tis_step_stats(shard, rollout_logp) if lc.tis_cap is not None else {}
-        lr = lc.lr * min(1.0, (step + 1) / lc.warmup_steps) if lc.warmup_steps else lc.lr
+        lr = cosine_lr(step, self.cfg.run.steps, lc.lr, lc.warmup_steps, lc.min_lr_ratio)
         set_lr(self.optimizer, lr)  # from the step number, so a resumed run continues the same schedule
         ref_cache: dict[int, torch.Tensor] = {}
 

@@ -9,17 +9,10 @@ import copy
 
 import pytest
 import torch
+from sampled import REWARDS, sampled_trajectories  # noqa: E402
 
-from ral_dist.algorithms import group_advantages  # noqa: E402
-from ral_dist.collate import trajectories_from_generation  # noqa: E402
 from ral_dist.config import DistillJobConfig  # noqa: E402
-from ral_dist.data import GroundedVQAConfig  # noqa: E402
-from ral_dist.data import generate as generate_samples  # noqa: E402
-from ral_dist.generation import generate  # noqa: E402
 from ral_dist.learner import Learner  # noqa: E402
-from ral_dist.models import build_policy  # noqa: E402
-from ral_dist.models.capture import use_capture_attention  # noqa: E402
-from ral_dist.prompting import visual_prompt  # noqa: E402
 from ral_dist.teacher import TeacherActor, side_fingerprint  # noqa: E402
 
 MODE = "think"
@@ -46,17 +39,7 @@ def _config(gamma_attn=0.5, mu=1.0, teacher_tiny=LARGER, teacher_seed=1, top_k=N
 @pytest.fixture(scope="module")
 def trajectories():
     """2 prompts x G responses of the student's version-0 weights, with group advantages."""
-    adapter, model, processor = build_policy("qwen2_5_vl", None, {}, seed=0)
-    use_capture_attention(model)
-    samples = generate_samples(GroundedVQAConfig(), "train", 2)
-    gen = generate(adapter, model, processor, [visual_prompt(s, MODE) for s in samples], num_samples=G,
-                   max_new_tokens=8, temperature=1.0, capture=True, capture_question=True, seed=0)
-    trajs = trajectories_from_generation(gen, [s for s in samples for _ in range(G)], [i // G for i in range(2 * G)],
-                                         0, 2, 8, wire_dtype=torch.float32)
-    rewards = torch.tensor([1.0, 0.0, 0.1, 0.9, 0.0, 1.0, 0.3, 0.0])
-    for t, a in zip(trajs, group_advantages(rewards, G).tolist(), strict=True):
-        t.advantage = a
-    return trajs
+    return sampled_trajectories(G, mode=MODE, rewards=REWARDS)
 
 
 def _targets(trajectories, **config):

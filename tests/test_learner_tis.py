@@ -8,17 +8,13 @@ log-probs are then perturbed to stand for a rollout engine whose numerics differ
 
 import pytest
 import torch
+from sampled import REWARDS, sampled_trajectories  # noqa: E402
 
-from ral_dist.algorithms import group_advantages  # noqa: E402
-from ral_dist.collate import learner_batch, trajectories_from_generation  # noqa: E402
+from ral_dist.collate import learner_batch  # noqa: E402
 from ral_dist.config import ConfigError, RLJobConfig, load_config  # noqa: E402
-from ral_dist.data import GroundedVQAConfig  # noqa: E402
-from ral_dist.data import generate as generate_samples  # noqa: E402
-from ral_dist.generation import generate, score_responses  # noqa: E402
+from ral_dist.generation import score_responses  # noqa: E402
 from ral_dist.learner import Learner  # noqa: E402
 from ral_dist.models import build_policy  # noqa: E402
-from ral_dist.models.capture import use_capture_attention  # noqa: E402
-from ral_dist.prompting import visual_prompt  # noqa: E402
 
 SEED, G, MODE, CAP = 0, 4, "think", 2.0
 LR, WD, CLIP = 1e-3, 0.01, 0.05
@@ -35,24 +31,9 @@ def port(gloo_port):
 @pytest.fixture(scope="module")
 def trajectories():
     """2 prompts x G responses from the version-0 weights, mixed-sign advantages, perturbed rollout log-probs."""
-    adapter, model, processor = build_policy("qwen2_5_vl", None, {}, seed=SEED)
-    use_capture_attention(model)
-    samples = generate_samples(GroundedVQAConfig(), "train", 2)
-    prompts = [visual_prompt(s, MODE) for s in samples]
-    for seed in range(20):  # a random tiny model may sample an image-pad token (see test_learner.py)
-        try:
-            gen = generate(adapter, model, processor, prompts, num_samples=G, max_new_tokens=8, temperature=1.0,
-                           capture=True, capture_question=True, seed=seed)
-            break
-        except ValueError as exc:
-            assert "image tokens" in str(exc)
-    expanded = [s for s in samples for _ in range(G)]
-    trajs = trajectories_from_generation(gen, expanded, [i // G for i in range(len(expanded))], version=0,
-                                         temporal_patch=2, max_new_tokens=8, wire_dtype=torch.float32)
-    rewards = torch.tensor([1.0, 0.0, 0.1, 0.9, 0.0, 1.0, 0.3, 0.0])
+    trajs = sampled_trajectories(G, mode=MODE, rewards=REWARDS)
     k = 0
-    for t, a in zip(trajs, group_advantages(rewards, G).tolist(), strict=True):
-        t.advantage = a
+    for t in trajs:
         deltas = torch.tensor([DELTAS[(k + j) % len(DELTAS)] for j in range(len(t.old_logprobs))])
         t.old_logprobs = t.old_logprobs + deltas
         k += len(deltas)

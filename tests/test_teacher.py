@@ -11,13 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from sampled import sampled_trajectories
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-from ral_dist.collate import trajectories_from_generation
 from ral_dist.config import DistillJobConfig
-from ral_dist.data import GroundedVQAConfig
-from ral_dist.data import generate as generate_samples
-from ral_dist.generation import generate, score_responses
+from ral_dist.generation import score_responses
 from ral_dist.models import build_policy, get_adapter
 from ral_dist.models.capture import use_capture_attention
 from ral_dist.models.qwen_vl import CHAT_TEMPLATE, SPECIAL_TOKENS, QwenVLProcessor
@@ -89,12 +87,7 @@ def _config(top_k=None, tiny=TEACHER_TINY, family="qwen2_5_vl") -> dict:
 @pytest.fixture(scope="module")
 def trajectories():
     """2 prompts x 3 responses sampled by a random tiny student, as a rollout worker ships them."""
-    adapter, model, processor = build_policy("qwen2_5_vl", None, {}, seed=0)
-    use_capture_attention(model)
-    samples = generate_samples(GroundedVQAConfig(), "train", 2)
-    gen = generate(adapter, model, processor, [visual_prompt(s, MODE) for s in samples], num_samples=3,
-                   max_new_tokens=8, temperature=0.9, capture=True, capture_question=True, seed=0)
-    trajs = trajectories_from_generation(gen, [s for s in samples for _ in range(3)], [0, 0, 0, 1, 1, 1], 0, 2, 8)
+    trajs = sampled_trajectories(3, mode=MODE, temperature=0.9, wire_dtype=torch.float16)
     for i, t in enumerate(trajs):  # ragged lengths, as EOS makes them (a random tiny model rarely samples it)
         n = 8 - i
         t.response_ids, t.old_logprobs = t.response_ids[:n], t.old_logprobs[:n]

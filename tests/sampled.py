@@ -1,0 +1,41 @@
+"""Trajectories as a rollout worker ships them, sampled from a random tiny student (learner and teacher tests)."""
+
+import torch
+
+from ral_dist.algorithms import group_advantages
+from ral_dist.collate import trajectories_from_generation
+from ral_dist.data import GroundedVQAConfig
+from ral_dist.data import generate as generate_samples
+from ral_dist.generation import generate
+from ral_dist.models import build_policy
+from ral_dist.models.capture import use_capture_attention
+from ral_dist.prompting import visual_prompt
+
+# Mixed-sign rewards for 2 prompts x G 4: both groups get positive and negative advantages.
+REWARDS = (1.0, 0.0, 0.1, 0.9, 0.0, 1.0, 0.3, 0.0)
+
+
+def sampled_trajectories(group: int, *, mode: str = "think", temperature: float = 1.0, max_new_tokens: int = 8,
+                         rewards: tuple[float, ...] | None = None, wire_dtype=torch.float32):
+    """2 prompts x ``group`` responses of the version-0 weights of the seed-0 tiny Qwen2.5-VL; with ``rewards``,
+    their group advantages set."""
+    adapter, model, processor = build_policy("qwen2_5_vl", None, {}, seed=0)
+    use_capture_attention(model)
+    samples = generate_samples(GroundedVQAConfig(), "train", 2)
+    prompts = [visual_prompt(s, mode) for s in samples]
+    # A random tiny model may sample an image-pad token, which the scoring pass then rejects (tokens != image
+    # features): a known rollout-side gap, not the learner's. Take the first sampling seed that avoids it.
+    for seed in range(20):
+        try:
+            gen = generate(adapter, model, processor, prompts, num_samples=group, max_new_tokens=max_new_tokens,
+                           temperature=temperature, capture=True, capture_question=True, seed=seed)
+            break
+        except ValueError as exc:
+            assert "image tokens" in str(exc)
+    expanded = [s for s in samples for _ in range(group)]
+    trajs = trajectories_from_generation(gen, expanded, [i // group for i in range(len(expanded))], version=0,
+                                         temporal_patch=2, max_new_tokens=max_new_tokens, wire_dtype=wire_dtype)
+    if rewards is not None:
+        for t, a in zip(trajs, group_advantages(torch.tensor(rewards), group).tolist(), strict=True):
+            t.advantage = a
+    return trajs
