@@ -130,14 +130,18 @@ def plot(results: list[dict], path: Path, window: int = 10) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = ("accuracy", "attention_on_target", "attn_jsd", "kl", "teacher_attn_jsd")
+    def curve(r: dict, key: str) -> np.ndarray:
+        return np.array([np.nan if v is None else v for v in r["curves"][key]], dtype=float)
+
+    # a panel per curve that some run has (teacher_attn_jsd only with a distillation variant)
+    keys = [k for k in ("accuracy", "attention_on_target", "attn_jsd", "kl", "teacher_attn_jsd")
+            if any(not np.isnan(curve(r, k)).all() for r in results)]
     fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 4))
     names = list(dict.fromkeys(r["variant"] for r in results))
     colours = dict(zip(names, plt.cm.tab10.colors, strict=False))  # one colour per variant in every panel
     for name in names:
         for ax, key in zip(axes, keys, strict=True):
-            per_seed = [np.array([np.nan if v is None else v for v in r["curves"][key]], dtype=float)
-                        for r in results if r["variant"] == name]
+            per_seed = [curve(r, key) for r in results if r["variant"] == name]
             if all(np.isnan(c).all() for c in per_seed):  # e.g. teacher_attn_jsd of an RL variant
                 continue
             n = min(len(c) for c in per_seed)
