@@ -153,6 +153,7 @@ def plot(results: list[dict], path: Path, window: int = 10) -> None:
     axes[0].legend()
     fig.tight_layout()
     fig.savefig(path, dpi=90)
+    plt.close(fig)  # one plot per finished run: a long sweep would otherwise keep every figure open
 
 
 def main(argv=None) -> None:
