@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import platform
 import random
 import time
@@ -27,6 +26,7 @@ import torch
 
 from ral_dist.algorithms import exact_match
 from ral_dist.data import GroundedVQAConfig, Sample, generate, region_token_mask
+from ral_dist.deepspeed_engine import cosine_lr
 from ral_dist.generation import generate as generate_responses
 from ral_dist.models import get_adapter
 from ral_dist.models.qwen_vl import TINY_ROPE_THETA
@@ -144,12 +144,8 @@ def collate(items: list[Item], pad_id: int) -> tuple[dict[str, torch.Tensor], to
 
 
 def lr_lambda(args):
-    def f(step: int) -> float:
-        if step < args.warmup:
-            return (step + 1) / args.warmup
-        progress = min(1.0, (step - args.warmup) / max(1, args.steps - args.warmup))
-        return args.min_lr_ratio + (1 - args.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-    return f
+    """The SFT trainer's schedule as a LambdaLR multiplier (linear warm-up, cosine to min_lr_ratio)."""
+    return lambda step: cosine_lr(step, args.steps, 1.0, args.warmup, args.min_lr_ratio)
 
 
 # ============================================================================================== measuring
