@@ -74,7 +74,8 @@ def one_run(name: str, seed: int, steps: int, out_root: Path, limit: int | None)
     if not (out / "eval_test.json").exists():
         if not (out / "checkpoints").exists() or not list((out / "checkpoints").glob(f"step_{steps - 1:06d}")):
             args = [sys.executable, script, "--config", config, "--steps", str(steps), "--run-dir", str(out),
-                    "--set", f"run.seed={seed}", "--set", f"run.checkpoint_every={steps}"]
+                    "--set", f"run.seed={seed}", "--set", f"run.checkpoint_every={steps}",
+                    "--set", "learner.attn_grad_norm_every=1"]  # the term's gradient norm on every step's curve
             for o in overrides:
                 args += ["--set", o]
             run(args, log)

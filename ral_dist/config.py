@@ -146,8 +146,9 @@ class LearnerConfig(Strict):
                                 "learner's recomputed old prob over the rollout engine's; needs old_policy=recompute; "
                                 "None = off")
     attn_grad_norm_every: int = Field(
-        1, ge=1, description="measure the attention term's own gradient norm (an extra backward through the graph, "
-                             "about a quarter of a tiny RAL step) on every N-th step only; NaN on the others")
+        10, ge=1, description="measure the attention term's own gradient norm (RAL.md §3: an extra backward through "
+                              "the graph, about a quarter of a tiny RAL learner step) on every N-th step only (step "
+                              "0 included); NaN on the others. 1 when studying the term (bench/reproduce.py)")
     cpus_per_rank: float = Field(0.5, gt=0)
     gpus_per_rank: float = Field(0, ge=0)
 

@@ -133,6 +133,13 @@ class Controller:
                 for w, chunk in zip(self.rollouts, chunks, strict=True) if len(chunk)]
         return refs, time.time()
 
+    def _launch_step(self, step: int) -> tuple[list, list, float]:
+        """The step's rollout calls and, chained on each, its reward call: a worker's batch is scored as soon as it
+        lands, beside the other workers' sampling."""
+        traj_refs, t_launch = self._launch_rollout(step)
+        reward_refs = [self.rewarders[i % len(self.rewarders)].score.remote(ref) for i, ref in enumerate(traj_refs)]
+        return traj_refs, reward_refs, t_launch
+
     def _sync_weights(self) -> tuple[float, int]:
         state_refs = [learner.state_dict.remote() for learner in self.learners]  # every rank takes part (ZeRO-3 gathers)
         report = self.transport.push(self.version, state_refs[0], self.rollouts, self.cfg.run.timeout_s,
@@ -174,17 +181,16 @@ class Controller:
         c = self.cfg
         G, timeout = c.rollout.group_size, c.run.timeout_s
         history = []
-        pending = self._launch_rollout(start_step)
+        pending = self._launch_step(start_step)
         t_run = time.time()
         metrics.record_run_start(c.run.steps)
         for step in range(start_step, c.run.steps):
             t_step = time.time()
-            traj_refs, t_launch = pending
+            traj_refs, reward_refs, t_launch = pending
             wait_all(traj_refs, f"rollouts of step {step}", timeout)
             # launch → observed done (in one_step_off this overlaps the previous learn), and the time we blocked
             rollout_s, rollout_wait_s = time.time() - t_launch, time.time() - t_step
-            t0 = time.time()
-            reward_refs = [self.rewarders[i % len(self.rewarders)].score.remote(ref) for i, ref in enumerate(traj_refs)]
+            t0 = time.time()  # reward_s: the wait for rewards once every rollout is in
             batches = wait_all(reward_refs, f"rewards of step {step}", timeout)
             results = [r for b in batches for r in b.results]
             accounting = self._account(step, batches, len(results))
@@ -198,7 +204,7 @@ class Controller:
             advantages = torch.where(finite, advantages, torch.zeros_like(advantages))
 
             if c.run.mode == "one_step_off" and step + 1 < c.run.steps:
-                pending = self._launch_rollout(step + 1)  # samples with the weights of this step's start
+                pending = self._launch_step(step + 1)  # samples with the weights of this step's start
             t0 = time.time()
             extra = self._learner_kwargs(step)
             stats = wait_all([learner.train_step.remote(step, traj_refs, advantages.tolist(), **extra)
@@ -208,7 +214,7 @@ class Controller:
             sync_s, sync_bytes = self._sync_weights()
             in_sync = self.weights_in_sync() if c.run.verify_sync else None
             if c.run.mode == "sync" and step + 1 < c.run.steps:
-                pending = self._launch_rollout(step + 1)
+                pending = self._launch_step(step + 1)
 
             record = self._record(step, results, stats, rollout_s, reward_s, learn_s, sync_s, sync_bytes,
                                   int((~finite).sum()), time.time() - t_step)

@@ -1,20 +1,23 @@
-"""Generate responses for visual prompts and score them with the weights that sampled them.
+"""Generate responses for visual prompts, with the log-probs and attention rows of the weights that sampled them.
 
-One post-generation forward over prompt + response gives, for every response token, its log-prob (logits
-divided by the sampling temperature, as the learner computes them) and — when asked — the attention policy rows
-of RAL.md §1 from the last LM layer. The same function serves the rollout worker (sampling, G per prompt) and
-evaluation (greedy).
+`generate` (rollout worker: sampling, G per prompt; evaluation: greedy) takes both from the sampling passes
+themselves. `score_responses` is one forward over prompt + response that gives the same numbers for given
+sequences: the learner's current policy, the reference, the teacher, and the replica beside a vLLM engine. Log-probs
+are of the logits divided by the sampling temperature; the rows are the attention policy of RAL.md §1 from the
+last LM layer.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 
 import torch
+from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
 from ral_dist.models import PromptBatch, VisualPrompt, VLMAdapter, append_response
-from ral_dist.models.capture import RowAlignment, capture_attention, response_rows
+from ral_dist.models.capture import DecodeCapture, RowAlignment, armed, capture_attention, response_rows
 
 
 @dataclass
@@ -77,33 +80,78 @@ def score_responses(adapter: VLMAdapter, model, prompts: PromptBatch, response_i
     return logprobs, attention, question_attention, q_rows
 
 
+class _FirstEosFed(StoppingCriteria):
+    """A row is done once its first EOS has gone back through the model (the pass that computes that token's
+    attention row), not when it is sampled; ``max_new_tokens + 1`` does the same for rows that never stop."""
+
+    def __init__(self, prompt_len: int, eos_ids: list[int]):
+        self.prompt_len, self.eos_ids = prompt_len, torch.tensor(eos_ids)
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        return torch.isin(input_ids[:, self.prompt_len : -1], self.eos_ids.to(input_ids.device)).any(1)
+
+
+def decoded_rows(request: DecodeCapture, n_resp: int, alignment: RowAlignment) -> torch.Tensor:
+    """[B, n_resp, P + n_resp] policy rows of the response tokens from a decode capture (zeros where never fed)."""
+    seq = request.key_mask.shape[1] + n_resp
+    steps = [s[:, 0] for s in request.steps]
+    if alignment == "sampling":  # token i was sampled from row P - 1 + i: the prompt's last row, then the steps
+        steps = [request.prompt_policy[:, -1], *steps]
+    out = request.prompt_policy.new_zeros(request.key_mask.shape[0], n_resp, seq)
+    for i, row in enumerate(steps[:n_resp]):
+        out[:, i, : row.shape[-1]] = row
+    return out
+
+
 @torch.no_grad()
 def generate(adapter: VLMAdapter, model, processor, prompts: list[VisualPrompt], *, num_samples: int = 1,
              max_new_tokens: int = 32, temperature: float = 1.0, top_p: float = 1.0, greedy: bool = False,
              capture: bool = True, capture_question: bool = False, alignment: RowAlignment = "paper",
              seed: int | None = None) -> Generation:
-    """Sample ``num_samples`` responses per prompt (rows ordered prompt-major: p0 x G, p1 x G, ...)."""
+    """Sample ``num_samples`` responses per prompt (rows ordered prompt-major: p0 x G, p1 x G, ...).
+
+    Log-probs and attention rows come from the sampling passes themselves (no second forward): the raw logits of
+    each step, divided by the temperature as the learner does, and the last layer's rows captured as each token
+    is fed back. Equal to `score_responses` on the result up to float rounding (tests/test_generation.py).
+    """
     expanded = [p for p in prompts for _ in range(num_samples)]
     batch = adapter.encode(processor, expanded)
     tok = processor.tokenizer
     eos = adapter.eos_token_ids(processor)
+    P = batch.prompt_len
     if seed is not None:
         torch.manual_seed(seed)
     sampling = {} if greedy else {"temperature": temperature, "top_p": top_p, "top_k": 0}
+    # Prompt rows: the question's (consistency reward) and the last one (row of the first token, "sampling").
+    q_rows = pad_positions(batch.question_positions) if capture_question else None
+    last = torch.full((len(expanded), 1), P - 1, dtype=torch.long)
+    request = DecodeCapture(last if q_rows is None else torch.cat([q_rows, last], 1),
+                            batch.inputs["attention_mask"].bool())
+    # eos_token_id=[]: none of transformers' own EOS stopping, which ends a row before its EOS is fed back (see
+    # _FirstEosFed); None would take the model's default.
+    config = GenerationConfig(eos_token_id=[], pad_token_id=tok.pad_token_id, do_sample=not greedy,
+                              max_new_tokens=max_new_tokens + int(capture), suppress_tokens=adapter.banned_token_ids(
+                                  processor), return_dict_in_generate=True, output_logits=True, **sampling)
     t0 = time.perf_counter()
-    out = model.generate(**batch.inputs, max_new_tokens=max_new_tokens, eos_token_id=eos,
-                         pad_token_id=tok.pad_token_id, do_sample=not greedy,
-                         suppress_tokens=adapter.banned_token_ids(processor), **sampling)
+    attn_module = adapter.language_layers(model)[-1].self_attn
+    with armed(attn_module, request) if capture else contextlib.nullcontext():
+        out = model.generate(**batch.inputs, generation_config=config,
+                             stopping_criteria=StoppingCriteriaList([_FirstEosFed(P, eos)]))
     t1 = time.perf_counter()
-    response_ids = out[:, batch.prompt_len:]
+    response_ids = out.sequences[:, P : P + max_new_tokens]
     if response_ids.shape[1] == 0:
         response_ids = torch.full((len(expanded), 1), tok.pad_token_id, dtype=torch.long)
+    n_resp = response_ids.shape[1]
     response_mask = eos_mask(response_ids, eos)
     response_ids = torch.where(response_mask.bool(), response_ids, torch.full_like(response_ids, tok.pad_token_id))
-    logprobs, attention, q_attention, q_rows = score_responses(
-        adapter, model, batch, response_ids, response_mask, tok.pad_token_id,
-        temperature=1.0 if greedy else temperature, capture=capture, capture_question=capture_question,
-        alignment=alignment)
+    inv_temp = 1.0 if greedy else 1.0 / temperature
+    logprobs = torch.stack([torch.log_softmax(step.float() * inv_temp, -1).gather(-1, response_ids[:, i, None])[:, 0]
+                            for i, step in enumerate(out.logits[:n_resp])], 1) * response_mask
+    attention = q_attention = None
+    if capture:
+        attention = decoded_rows(request, n_resp, alignment) * response_mask[..., None]
+        if capture_question:
+            q_attention = torch.nn.functional.pad(request.prompt_policy[:, : q_rows.shape[1]], (0, n_resp))
     texts = tok.batch_decode(response_ids * response_mask + tok.pad_token_id * (1 - response_mask),
                              skip_special_tokens=True)
     seconds = {"generation": t1 - t0, "attention_capture": time.perf_counter() - t1}

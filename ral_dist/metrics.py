@@ -105,8 +105,9 @@ UPDATES = Metric("ral_learner_updates_total", "counter", "Optimizer updates appl
 GENERATED_TOKENS = Metric("ral_generated_tokens_total", "counter", "Response tokens sampled.")
 ROLLOUT_SAMPLES = Metric("ral_rollout_samples_total", "counter", "Responses sampled.")
 # -- time and weights
-PHASE_SECONDS = Metric("ral_phase_seconds", "histogram", "Seconds per phase: the controller's per-step phases, and "
-                   "the rollout workers' generation and attention-capture (scoring) passes.", ("phase",),
+PHASE_SECONDS = Metric("ral_phase_seconds", "histogram", "Seconds per phase: the controller's per-step phases (reward: "
+                   "the wait for rewards once every rollout is in), and the rollout workers' generation (sampling "
+                   "with the capture) and attention_capture (what is assembled after it; with vLLM, the scoring pass).", ("phase",),
                    PHASE_BUCKETS)
 SYNC_SECONDS = Metric("ral_weight_sync_seconds", "histogram", "Seconds from the learner's weights to every rollout "
                   "worker holding them.", (), PHASE_BUCKETS)

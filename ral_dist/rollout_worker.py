@@ -1,7 +1,8 @@
 """RolloutWorker: holds the policy, samples G responses per prompt, and returns them with p_old attached.
 
-The attention rows come from the same weights that sampled (one scoring pass right after generation), so
-`Trajectory.attention` is the behaviour policy's attention policy of RAL.md §1.
+The attention rows and log-probs come from the passes that sampled (captured as each token is fed back; with the
+vLLM engine, one scoring pass of the replica right after), so `Trajectory.attention` is the behaviour policy's
+attention policy of RAL.md §1.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """Generation: EOS masking, log-probs from the sampling weights, attention rows beside them."""
 
+import pytest
 import torch
 
 from ral_dist.data import GroundedVQAConfig
@@ -40,6 +41,37 @@ def test_sampled_logprobs_and_attention_match_a_fresh_scoring_pass():
     # question rows are captured too and are proper distributions
     valid = gen.question_rows >= 0
     assert torch.allclose(gen.question_attention[valid].sum(-1), torch.ones(int(valid.sum())), atol=1e-5)
+
+
+@pytest.mark.parametrize("alignment", ["paper", "sampling"])
+def test_responses_that_stop_early_keep_their_eos_row_and_match_a_scoring_pass(alignment):
+    """The rows come from the sampling passes: an EOS row exists only once that EOS is fed back, so generation must
+    not stop when the last row samples its EOS. Checked against one scoring forward over the same padded batch."""
+    adapter = get_adapter("qwen2_5_vl")
+    model, processor = adapter.build_tiny(seed=3)
+    eos = adapter.eos_token_ids(processor)
+    head = model.lm_head
+    model.lm_head = torch.nn.Linear(head.in_features, head.out_features, bias=True)
+    with torch.no_grad():  # EOS gets about half the mass at every step: every row stops within a few tokens
+        model.lm_head.weight.copy_(head.weight)
+        model.lm_head.bias.zero_()
+        model.lm_head.bias[eos] = 6.5
+    use_capture_attention(model)
+    samples = generate_samples(GroundedVQAConfig.at_stage(4, fraction_video=0.5), "train", 3)
+    gen = generate(adapter, model, processor, [visual_prompt(s, "think") for s in samples], num_samples=4,
+                   max_new_tokens=16, temperature=0.9, capture=True, capture_question=True, alignment=alignment,
+                   seed=0)
+    lengths = gen.response_mask.sum(1)
+    assert gen.response_ids.shape[1] < 16 and lengths.min() < lengths.max()  # stopped early, at different tokens
+    assert len(set(gen.prompts.inputs["attention_mask"].sum(1).tolist())) > 1  # left padding in the batch
+    with torch.no_grad():
+        lp, attn, q_attn, _ = score_responses(adapter, model, gen.prompts, gen.response_ids, gen.response_mask,
+                                              processor.tokenizer.pad_token_id, temperature=0.9,
+                                              capture_question=True, alignment=alignment)
+    assert torch.allclose(gen.logprobs, lp, atol=1e-5)
+    assert torch.allclose(gen.attention, attn, atol=1e-5) and torch.allclose(gen.question_attention, q_attn)
+    eos_rows = gen.attention[torch.arange(len(lengths)), lengths - 1]  # every response's last (EOS) token
+    assert torch.allclose(eos_rows.sum(-1), torch.ones(len(lengths)), atol=1e-5)
 
 
 def test_greedy_generation_is_deterministic():

@@ -107,15 +107,19 @@ def test_attention_gradient_is_zero_on_the_first_minibatch_only(port, trajectori
     stats = learner.train_step(0, trajectories)
     by_mb = stats["attn_grad_norm_by_minibatch"]
     assert len(by_mb) == 2
-    assert by_mb[0] == 0.0 and stats["attn_grad_norm_first"] == 0.0  # theta == theta_old: JSD gradient vanishes
-    assert by_mb[1] > 0.0  # after one update the attention term acts
+    assert by_mb[0] == stats["attn_grad_norm_first"]
+    if old_policy == "recompute":  # theta == theta_old and p_old from this very forward: the JSD gradient vanishes
+        assert by_mb[0] == 0.0
+    else:  # p_old from the sampling passes, equal to this forward up to float rounding
+        assert by_mb[0] < 1e-7
+    assert by_mb[1] > 1e4 * max(by_mb[0], 1e-12)  # after one update the attention term acts
     assert stats["warnings"] == [] and stats["attn_jsd"] > 0 and stats["skipped_updates"] == 0
 
 
 def test_attention_gradient_norm_is_measured_every_nth_step_only(port, trajectories):
     learner = _learner(port, lambda_attn=1.0, num_minibatches=2, attn_grad_norm_every=2)
     norms = [learner.train_step(step, trajectories)["attn_grad_norm_by_minibatch"] for step in range(3)]
-    assert norms[0][0] == 0.0 and norms[0][1] > 0 and norms[2][1] > 0  # steps 0 and 2: measured
+    assert norms[0][0] < 1e-7 and norms[0][1] > 1e-4 and norms[2][1] > 1e-4  # steps 0 and 2: measured
     assert all(math.isnan(g) for g in norms[1])  # step 1: not measured, said by NaN (never a made-up 0)
 
 

@@ -29,10 +29,12 @@ def test_tiny_job_through_ray_job_submit_then_resume(ray_head, tmp_path):
     assert [r["policy_version"] for r in records] == [1, 2, 3]  # the version increases every step
     assert all(r["weights_in_sync"] for r in records)  # rollout workers hold the learner's weights after sync
     for r in records:
-        for key in ("reward_mean", "accuracy", "kl", "attn_loss", "attn_grad_norm", "rollout_s", "reward_s",
-                    "learn_s", "sync_s"):
+        for key in ("reward_mean", "accuracy", "kl", "attn_loss", "rollout_s", "reward_s", "learn_s", "sync_s"):
             assert isinstance(r[key], (int, float)) and math.isfinite(r[key]), (key, r[key])
         assert r["n_trajectories"] == 2 * 3 and r["sync_bytes"] > 0
+    # the attention term's own gradient norm: measured on step 0, then every learner.attn_grad_norm_every steps
+    # (null in metrics.jsonl in between, never a made-up number)
+    assert math.isfinite(records[0]["attn_grad_norm"]) and all(r["attn_grad_norm"] is None for r in records[1:])
     assert (run_dir / "config.yaml").exists()
     assert list((run_dir / "heatmaps").glob("step_*/*.png"))
     last = run_dir / "checkpoints" / "step_000002"

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -42,11 +42,43 @@ class CaptureRequest:
     policy: torch.Tensor | None = None
 
 
+@dataclass
+class DecodeCapture:
+    """Capture across the forwards of a cached generation (prompt pass, then one new token per pass).
+
+    prompt_rows: [B, Q] positions in the prompt whose rows the prompt pass keeps (-1 = skip).
+    key_mask:    [B, P] True for the prompt's real keys; every generated position is a real key (as generation
+                 feeds them), and no kept row ever attends past its own end of response.
+    prompt_policy: [B, Q, P] after the prompt pass.
+    steps:       per later pass, [B, 1, P + k + 1]: the row of the token that pass fed.
+    """
+
+    prompt_rows: torch.Tensor
+    key_mask: torch.Tensor
+    chunk_rows: int = 64
+    prompt_policy: torch.Tensor | None = None
+    steps: list[torch.Tensor] = field(default_factory=list)
+
+    def record(self, query: torch.Tensor, key: torch.Tensor, scaling: float) -> None:
+        seq = key.shape[2]
+        if self.prompt_policy is None:
+            self.prompt_policy = rows_attention_policy(query, key, self.prompt_rows, self.key_mask, scaling,
+                                                       self.chunk_rows)
+            return
+        if query.shape[2] != 1:
+            raise RuntimeError(f"a decode capture expects one new token per pass, got {query.shape[2]}")
+        grown = self.key_mask.new_ones(self.key_mask.shape[0], seq - self.key_mask.shape[1])
+        last = torch.full((query.shape[0], 1), seq - 1, dtype=torch.long, device=query.device)
+        self.steps.append(rows_attention_policy(query, key, last, torch.cat([self.key_mask, grown], 1), scaling))
+
+
 def _ral_sdpa(module: nn.Module, query, key, value, attention_mask, **kwargs):
     out, _ = sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     request = module.__dict__.get("_ral_capture")
-    if request is not None:
-        scaling = kwargs.get("scaling") or module.scaling
+    scaling = kwargs.get("scaling") or getattr(module, "scaling", None)
+    if isinstance(request, DecodeCapture):
+        request.record(query, key, scaling)
+    elif request is not None:
         request.policy = rows_attention_policy(query, key, request.rows, request.key_mask, scaling,
                                                request.chunk_rows)
     return out, None
@@ -63,17 +95,19 @@ def rows_attention_policy(query: torch.Tensor, key: torch.Tensor, rows: torch.Te
     query [B, H, T, d] and key [B, Hkv, T, d] are post-RoPE (GQA: H = Hkv * G, no K repeat is materialised).
     Returns [B, R, T] fp32.
     """
-    bsz, n_heads, seq, dim = query.shape
-    n_kv = key.shape[1]
+    bsz, n_heads, n_queries, dim = query.shape
+    n_kv, seq = key.shape[1], key.shape[2]
     groups = n_heads // n_kv
     valid_row = rows >= 0
     safe_rows = rows.clamp(min=0)
+    first_query = seq - n_queries  # a decode step's queries are the last positions of the cached keys
     key_t = key.float().transpose(-1, -2)  # [B, Hkv, d, T]
     positions = torch.arange(seq, device=query.device)
     out = []
     for start in range(0, rows.shape[1], chunk_rows):
         r = safe_rows[:, start : start + chunk_rows]  # [B, r]
-        q = query.gather(2, r[:, None, :, None].expand(bsz, n_heads, r.shape[1], dim)).float()
+        local = (r - first_query).clamp(min=0)
+        q = query.gather(2, local[:, None, :, None].expand(bsz, n_heads, r.shape[1], dim)).float()
         q = q.view(bsz, n_kv, groups * r.shape[1], dim)
         scores = (q @ key_t * scaling).view(bsz, n_kv, groups, r.shape[1], seq)
         causal = positions[None, None, :] <= r[:, :, None]  # [B, r, T], self included (softmax as the model)
@@ -97,10 +131,16 @@ def use_capture_attention(model: nn.Module) -> nn.Module:
 @contextmanager
 def capture_attention(attn_module: nn.Module, rows: torch.Tensor, key_mask: torch.Tensor,
                       chunk_rows: int = 64) -> Iterator[CaptureRequest]:
-    """Arm the capture on one attention module for the forward passes inside the block."""
+    """Arm the capture of ``rows`` on one attention module for the forward passes inside the block."""
+    with armed(attn_module, CaptureRequest(rows=rows, key_mask=key_mask, chunk_rows=chunk_rows)) as request:
+        yield request
+
+
+@contextmanager
+def armed(attn_module: nn.Module, request: CaptureRequest | DecodeCapture) -> Iterator[CaptureRequest | DecodeCapture]:
+    """Arm a capture request on one attention module for the forward passes inside the block."""
     if not hasattr(attn_module, "scaling"):
         raise TypeError(f"{type(attn_module).__name__} is not a transformers attention module")
-    request = CaptureRequest(rows=rows, key_mask=key_mask, chunk_rows=chunk_rows)
     attn_module._ral_capture = request
     try:
         yield request
