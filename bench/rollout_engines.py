@@ -97,7 +97,7 @@ def main(argv=None) -> dict:
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=1))
-    print(f"{'engine':8} {'tokens':>7} {'sampling s':>11} {'scoring s':>10} {'sampling tok/s':>15} "
+    print(f"{'engine':8} {'tokens':>7} {'sampling s':>11} {'after s':>10} {'sampling tok/s':>15} "
           f"{'step tok/s':>11} {'map share':>10}")
     for name in engines:
         s = report[name]

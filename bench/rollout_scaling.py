@@ -8,7 +8,7 @@ other jobs share, the second worker can at best get the second core. A third var
 prompts, tells how far the work is compute-bound: if half the batch takes nearly the full batch's time, a decode
 step costs per step rather than per sequence, and splitting the batch over workers cannot halve it.
 
-    .venv/bin/python bench/rollout_scaling.py [--prompts 16] [--group 8] [--repeats 11] [--quick]
+    .venv/bin/python bench/rollout_scaling.py [--prompts 16] [--group 8] [--repeats 21] [--quick]
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def main(argv=None) -> dict:
     p.add_argument("--prompts", type=int, default=common.TINY_SYSTEMS["rollout"]["prompts_per_step"])
     p.add_argument("--group", type=int, default=common.TINY_SYSTEMS["rollout"]["group_size"])
     p.add_argument("--max-new-tokens", type=int, default=32)
-    p.add_argument("--repeats", type=int, default=11)
+    p.add_argument("--repeats", type=int, default=21)
     p.add_argument("--quick", action="store_true", help="4 repeats")
     args = p.parse_args(argv)
     repeats = 4 if args.quick else args.repeats

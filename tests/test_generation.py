@@ -43,11 +43,12 @@ def test_sampled_logprobs_and_attention_match_a_fresh_scoring_pass():
     assert torch.allclose(gen.question_attention[valid].sum(-1), torch.ones(int(valid.sum())), atol=1e-5)
 
 
-@pytest.mark.parametrize("alignment", ["paper", "sampling"])
-def test_responses_that_stop_early_keep_their_eos_row_and_match_a_scoring_pass(alignment):
+@pytest.mark.parametrize(("family", "alignment"), [("qwen2_5_vl", "paper"), ("qwen2_5_vl", "sampling"),
+                                                   ("idefics3", "paper")])
+def test_responses_that_stop_early_keep_their_eos_row_and_match_a_scoring_pass(family, alignment):
     """The rows come from the sampling passes: an EOS row exists only once that EOS is fed back, so generation must
     not stop when the last row samples its EOS. Checked against one scoring forward over the same padded batch."""
-    adapter = get_adapter("qwen2_5_vl")
+    adapter = get_adapter(family)
     model, processor = adapter.build_tiny(seed=3)
     eos = adapter.eos_token_ids(processor)
     head = model.lm_head

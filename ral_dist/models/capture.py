@@ -5,6 +5,9 @@ except the one module a capture is armed on (the last LM layer's ``self_attn``):
 head-averaged probabilities for the requested query rows only — ``q_rows · K^T`` in chunks of rows, never the
 full ``T x T`` of every layer — drops the diagonal and renormalises over the earlier, non-padding keys.
 
+A `DecodeCapture` does the same across the passes of a cached ``generate``: the prompt pass's requested rows, then
+each decoding pass's one new row, so a rollout gets its rows without a second forward.
+
 Works with and without grad: under ``torch.no_grad`` (rollout, teacher) the result is a plain tensor; in the
 learner the probabilities stay in the graph, so the RAL loss back-propagates through the last layer's q and k.
 """
@@ -75,12 +78,13 @@ class DecodeCapture:
 def _ral_sdpa(module: nn.Module, query, key, value, attention_mask, **kwargs):
     out, _ = sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     request = module.__dict__.get("_ral_capture")
-    scaling = kwargs.get("scaling") or getattr(module, "scaling", None)
-    if isinstance(request, DecodeCapture):
-        request.record(query, key, scaling)
-    elif request is not None:
-        request.policy = rows_attention_policy(query, key, request.rows, request.key_mask, scaling,
-                                               request.chunk_rows)
+    if request is not None:
+        scaling = kwargs.get("scaling") or module.scaling
+        if isinstance(request, DecodeCapture):
+            request.record(query, key, scaling)
+        else:
+            request.policy = rows_attention_policy(query, key, request.rows, request.key_mask, scaling,
+                                                   request.chunk_rows)
     return out, None
 
 
@@ -92,8 +96,9 @@ def rows_attention_policy(query: torch.Tensor, key: torch.Tensor, rows: torch.Te
                           scaling: float, chunk_rows: int = 64) -> torch.Tensor:
     """Head-averaged attention probabilities of selected query rows, diagonal dropped and renormalised.
 
-    query [B, H, T, d] and key [B, Hkv, T, d] are post-RoPE (GQA: H = Hkv * G, no K repeat is materialised).
-    Returns [B, R, T] fp32.
+    query [B, H, Tq, d] and key [B, Hkv, T, d] are post-RoPE (GQA: H = Hkv * G, no K repeat is materialised); the
+    queries are the last Tq of the T positions (Tq = T in a full forward, 1 in a cached decoding pass), ``rows``
+    index the T positions. Returns [B, R, T] fp32.
     """
     bsz, n_heads, n_queries, dim = query.shape
     n_kv, seq = key.shape[1], key.shape[2]
