@@ -112,7 +112,7 @@ def test_attention_gradient_is_zero_on_the_first_minibatch_only(port, trajectori
         assert by_mb[0] == 0.0
     else:  # p_old from the sampling passes, equal to this forward up to float rounding
         assert by_mb[0] < 1e-7
-    assert by_mb[1] > 1e4 * max(by_mb[0], 1e-12)  # after one update the attention term acts
+    assert by_mb[1] > 1e-4  # after one update the attention term acts
     assert stats["warnings"] == [] and stats["attn_jsd"] > 0 and stats["skipped_updates"] == 0
 
 
