@@ -24,7 +24,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install -q "$(TORCH_SPEC)" 2>&1 | $(QUIET_PIP)
 	$(PIP) install -q -e '.[dev]' 2>&1 | $(QUIET_PIP)
 	$(PY) -c "import torch, transformers, deepspeed, ray; print('torch', torch.__version__, '| transformers', transformers.__version__, '| deepspeed', deepspeed.__version__, '| ray', ray.__version__)"
-	$(PY) -c "from ral_dist.deepspeed_engine import prebuild_ops; prebuild_ops()"
+	$(PY) -c "from ral_dist.runtime.deepspeed_setup import prebuild_ops; prebuild_ops()"
 	@! $(PY) -c "import torchvision" 2>/dev/null || (echo "torchvision must not be installed in the CPU environment" && exit 1)
 	touch $@
 
@@ -112,7 +112,7 @@ $(VLLM_VENV)/.installed: pyproject.toml
 	$(VLLM_PIP) install -q "$(VLLM_SPEC)" "transformers<5.20" -e '.[dev]' 2>&1 | $(QUIET_PIP)
 	$(VLLM_PIP) uninstall -y -q torchvision torchaudio torchcodec 2>&1 | $(QUIET_PIP)
 	$(VLLM_PY) -c "import torch, transformers, vllm, deepspeed, ray; assert torch.__version__.startswith('$(patsubst torch==%,%,$(TORCH_SPEC))'), torch.__version__; print('torch', torch.__version__, '| vllm', vllm.__version__, '| transformers', transformers.__version__, '| deepspeed', deepspeed.__version__, '| ray', ray.__version__)"
-	$(VLLM_PY) -c "from ral_dist.deepspeed_engine import prebuild_ops; prebuild_ops()"
+	$(VLLM_PY) -c "from ral_dist.runtime.deepspeed_setup import prebuild_ops; prebuild_ops()"
 	@! $(VLLM_PY) -c "import torchvision" 2>/dev/null || (echo "torchvision must not be installed beside CPU torch" && exit 1)
 	touch $@
 

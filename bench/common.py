@@ -170,7 +170,7 @@ def start_ray():
     """A private local Ray cluster on 127.0.0.1 (never the one RAY_ADDRESS names: benchmarks own their cores)."""
     import ray
 
-    from ral_dist.ray_cluster import connect
+    from ral_dist.runtime.ray_cluster import connect
 
     os.environ.pop("RAY_ADDRESS", None)
     connect(num_cpus=os.cpu_count())

@@ -1,6 +1,6 @@
 """GPU check for a lent machine (CUDA torch + transformers; no vLLM there). Run through bench/gpu_check.sh.
 
-1. The hf engine's path on CUDA: the tiny Qwen2.5-VL greedy-generates a batch, then `score_responses` (the
+1. The hf engine's path on CUDA: the tiny Qwen2.5-VL greedy-generates a batch, then `forward_responses` (the
    last-layer capture, SDPA everywhere else) gives log-probs and attention rows. Reference: the same weights
    with eager attention and ``output_attentions=True`` (`reference_attention_policy`). fp32 must agree to 1e-4;
    bf16 within bf16 tolerance (max |Δp| <= 2e-2, mean <= 1e-3; log-probs mean |Δ| <= 5e-2).
@@ -30,7 +30,6 @@ import torch  # noqa: E402
 
 from ral_dist.data import GroundedVQAConfig  # noqa: E402
 from ral_dist.data import generate as generate_samples  # noqa: E402
-from ral_dist.generation import eos_mask, score_responses  # noqa: E402
 from ral_dist.models import append_response, get_adapter  # noqa: E402
 from ral_dist.models.capture import (  # noqa: E402
     ATTN_IMPLEMENTATION,
@@ -38,7 +37,8 @@ from ral_dist.models.capture import (  # noqa: E402
     response_rows,
     use_capture_attention,
 )
-from ral_dist.prompting import visual_prompt  # noqa: E402
+from ral_dist.models.generation import eos_mask, forward_responses  # noqa: E402
+from ral_dist.models.prompting import visual_prompt  # noqa: E402
 
 FAMILY = "qwen2_5_vl"
 TOLERANCE = {  # (max |Δp|, mean |Δp| over valid rows, mean |Δ log-prob|)
@@ -65,7 +65,8 @@ def check_capture(device: torch.device, dtype_name: str, n_prompts: int = 4, max
     response = out[:, batch.prompt_len:]
     mask = eos_mask(response, eos)
     response = torch.where(mask.bool(), response, torch.full_like(response, tok.pad_token_id))
-    logprobs, policy, _, _ = score_responses(adapter, model, batch, response, mask, tok.pad_token_id, capture=True)
+    fwd = forward_responses(adapter, model, batch, response, mask, tok.pad_token_id, capture=True)
+    logprobs, policy = fwd.logprobs, fwd.attention
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
@@ -102,12 +103,12 @@ def _free_port() -> int:
 
 
 def check_learner(device: torch.device) -> dict:
+    from ral_dist.actors.learner import Learner
     from ral_dist.algorithms import group_advantages
-    from ral_dist.collate import trajectories_from_generation
     from ral_dist.config import RLJobConfig
-    from ral_dist.generation import generate
-    from ral_dist.learner import Learner
+    from ral_dist.messages.collate import trajectories_from_generation
     from ral_dist.models import build_policy
+    from ral_dist.models.generation import generate
 
     G, seed = 4, 0
     # trajectories from the version-0 policy, sampled on the CPU (what a rollout worker ships)
@@ -119,8 +120,7 @@ def check_learner(device: torch.device) -> dict:
     trajs = trajectories_from_generation(gen, [s for s in samples for _ in range(G)], [i // G for i in range(2 * G)],
                                          version=0, temporal_patch=2, max_new_tokens=8, wire_dtype=torch.float32)
     rewards = torch.tensor([1.0, 0.0, 0.1, 0.9, 0.0, 1.0, 0.3, 0.0])
-    for t, a in zip(trajs, group_advantages(rewards, G).tolist(), strict=True):
-        t.advantage = a
+    advantages = group_advantages(rewards, G).tolist()  # same order as trajs
 
     config = RLJobConfig.model_validate({
         "run": {"seed": seed}, "model": {"family": FAMILY, "dtype": "bfloat16"},
@@ -131,19 +131,20 @@ def check_learner(device: torch.device) -> dict:
     }).model_dump(mode="json")
     t0 = time.perf_counter()
     learner = Learner(0, 1, "127.0.0.1", _free_port(), config)
-    before = {n: p.detach().float().clone() for n, p in learner.engine.module.named_parameters()}
-    stats = learner.train_step(0, trajs)
-    moved = sum(not torch.equal(before[n], p.detach().float()) for n, p in learner.engine.module.named_parameters())
-    on_device = all(p.device.type == device.type for p in learner.engine.module.parameters())
+    module = learner.ds_engine.module
+    before = {n: p.detach().float().clone() for n, p in module.named_parameters()}
+    stats = learner.train_step(0, trajs, advantages)
+    moved = sum(not torch.equal(before[n], p.detach().float()) for n, p in module.named_parameters())
+    on_device = all(p.device.type == device.type for p in module.parameters())
     import torch.distributed as dist
 
     backend = "nccl" if device.type == "cuda" else "gloo"
-    result = {"check": f"learner_{backend}_zero2_bf16", "backend": dist.get_backend(), "updates": stats["updates"],
-              "loss": stats["loss"], "attn_grad_norm_by_minibatch": stats["attn_grad_norm_by_minibatch"],
+    result = {"check": f"learner_{backend}_zero2_bf16", "backend": dist.get_backend(), "updates": stats.updates,
+              "loss": stats.loss, "attn_grad_norm_by_minibatch": stats.attn_grad_norm_by_minibatch,
               "params_moved": moved, "params_on_device": on_device, "seconds": time.perf_counter() - t0}
-    finite = all(torch.isfinite(torch.tensor(stats[k])) for k in ("loss", "kl", "policy_loss", "attn_loss"))
-    by_mb = stats["attn_grad_norm_by_minibatch"]
-    result["ok"] = (result["backend"] == backend and stats["updates"] == 2 and finite and by_mb[1] > 0
+    finite = all(torch.isfinite(torch.tensor(getattr(stats, k))) for k in ("loss", "kl", "policy_loss", "attn_loss"))
+    by_mb = stats.attn_grad_norm_by_minibatch
+    result["ok"] = (result["backend"] == backend and stats.updates == 2 and finite and by_mb[1] > 0
                     and by_mb[0] <= 1e-3 * by_mb[1] and moved > 0 and on_device)
     dist.destroy_process_group()
     return result

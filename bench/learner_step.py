@@ -26,9 +26,10 @@ import socket
 import common
 import torch
 
+from ral_dist.actors.learner import Learner
+from ral_dist.actors.rollout_worker import RolloutWorker
 from ral_dist.algorithms import group_advantages
-from ral_dist.learner import Learner
-from ral_dist.rollout_worker import RolloutWorker
+from ral_dist.messages import LearnerStepStats
 
 GOAL = "<= 1.15"
 VARIANTS = {"ral_norm": 1.0, "ral": 1.0, "grpo": 0.0}
@@ -62,11 +63,11 @@ def main(argv=None) -> dict:
 
     worker = RolloutWorker(0, cfg.model_dump(mode="json"), threads=1)
     samples = common.train_samples(cfg, args.prompts)
-    trajs = worker._rollout(0, samples, list(range(args.prompts)))
+    trajs = worker._sample(0, samples, list(range(args.prompts)))
     G = cfg.rollout.group_size
     rewards = torch.Generator().manual_seed(0)
     advantages = group_advantages(torch.rand(len(trajs), generator=rewards), G).tolist()
-    stats: dict[str, list[dict]] = {k: [] for k in VARIANTS}
+    stats: dict[str, list[LearnerStepStats]] = {k: [] for k in VARIANTS}
     step = {k: 0 for k in VARIANTS}
 
     def train(name):
@@ -88,14 +89,14 @@ def main(argv=None) -> dict:
     last = {k: v[-1] for k, v in stats.items()}
     result = {
         "setup": {"model": "tiny random Qwen2.5-VL", "ranks": 1, "zero_stage": args.zero_stage,
-                  "trajectories": len(trajs), "tokens": int(sum(len(t.response_ids) for t in trajs)),
+                  "trajectories": len(trajs), "tokens": int(sum(len(t.response.ids) for t in trajs)),
                   "minibatches": args.minibatches, "ppo_epochs": 1, "beta": cfg.learner.beta,
                   "repeats": repeats, "torch_threads": 1},
         "figures": figures,
         "seconds": {k: common.spread(v) for k, v in times.items()},
         "cpu_seconds": {k: common.spread(v) for k, v in cpu.items()},
         "grad_norm_share_of_ral_norm_step_cpu": 1 - common.ratio(cpu["ral"], cpu["ral_norm"])["median"],
-        "last_stats": {k: {s: v[s] for s in ("loss", "attn_loss", "attn_jsd", "attn_grad_norm", "updates")}
+        "last_stats": {k: {s: getattr(v, s) for s in ("loss", "attn_loss", "attn_jsd", "attn_grad_norm", "updates")}
                        for k, v in last.items()},
         "raw": times, "raw_cpu": cpu,
         "environment": common.environment(),
@@ -103,8 +104,8 @@ def main(argv=None) -> dict:
     print(f"# learner step: {len(trajs)} trajectories, {args.minibatches} mini-batches, ZeRO {args.zero_stage}, "
           f"1 rank, 1 thread, {repeats} interleaved repeats")
     common.print_table([{"variant": k, "step s": result["seconds"][k]["median"],
-                         "step CPU s": result["cpu_seconds"][k]["median"], "attn_loss": last[k]["attn_loss"],
-                         "attn_grad_norm": last[k]["attn_grad_norm"]} for k in VARIANTS],
+                         "step CPU s": result["cpu_seconds"][k]["median"], "attn_loss": last[k].attn_loss,
+                         "attn_grad_norm": last[k].attn_grad_norm} for k in VARIANTS],
                        ["variant", "step s", "step CPU s", "attn_loss", "attn_grad_norm"])
     common.print_figures(figures)
     name = f"learner_step_zero{args.zero_stage}"

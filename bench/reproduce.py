@@ -92,11 +92,11 @@ def one_run(name: str, seed: int, steps: int, out_root: Path, limit: int | None)
 
 def start_checkpoint() -> Path:
     """The SFT checkpoint every RL variant starts from (resolved the way the job resolves it)."""
-    sys.path.insert(0, str(ROOT))
-    from jobs.ral_grpo import resolve_sft
+    sys.path.insert(0, str(ROOT))  # ral_dist of this checkout, also when it is not installed
     from ral_dist.config import RLJobConfig, load_config
+    from ral_dist.sft.driver import resolve_sft
 
-    return Path(resolve_sft(load_config(RLJobConfig, ROOT / RAL_CONFIG).model.checkpoint))
+    return Path(resolve_sft(load_config(RLJobConfig, ROOT / RAL_CONFIG).model.checkpoint, ROOT))
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:

@@ -36,7 +36,7 @@ from pathlib import Path
 import common
 import psutil
 
-from ral_dist.run_dir import RunDir
+from ral_dist.runtime.run_dir import RunDir
 
 GOALS = {"sync_share": "<= 0.05", "e2e": ">= 1.5"}
 
@@ -96,7 +96,7 @@ def main(argv=None) -> dict:
     if args.trl_python and not Path(args.trl_python).exists():
         raise SystemExit(f"{args.trl_python} not found: run `make setup-bench`, or pass --trl-python '' to skip TRL")
 
-    from ral_dist.controller import Controller
+    from ral_dist.actors.controller import Controller
 
     cfg = common.tiny_config(args.sets)
     train = common.train_samples(cfg, cfg.data.sizes["train"])

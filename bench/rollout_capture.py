@@ -1,6 +1,6 @@
 """Attention maps inside the rollout: the RolloutWorker's rollout with the maps vs the same rollout without them.
 
-  maps     ``RolloutWorker._rollout`` as the job runs it: hf ``generate`` (G samples per prompt) with the last
+  maps     ``RolloutWorker._sample`` as the job runs it: hf ``generate`` (G samples per prompt) with the last
            layer's attention rows (response + question tokens) captured in the sampling passes, log-probs from the
            same passes, then unpadding into trajectories (fp16 maps on the wire)
   no_maps  the same sampling (same seed, so the same tokens) and log-probs without the capture
@@ -19,9 +19,9 @@ import argparse
 import common
 import torch
 
-from ral_dist.generation import generate
-from ral_dist.prompting import visual_prompt
-from ral_dist.rollout_worker import RolloutWorker
+from ral_dist.actors.rollout_worker import RolloutWorker
+from ral_dist.models.generation import generate
+from ral_dist.models.prompting import visual_prompt
 
 GOAL = "<= 1.10"
 
@@ -48,8 +48,9 @@ def main(argv=None) -> dict:
         return hash((cfg.run.seed, step["i"], groups[0])) % 2**31
 
     def with_maps():
-        trajs = worker._rollout(step["i"], samples, groups)
-        assert all(t.attention is not None and t.attention.shape[0] == len(t.response_ids) for t in trajs)
+        trajs = worker._sample(step["i"], samples, groups)
+        assert all(t.behaviour.attention is not None and t.behaviour.attention.shape[0] == len(t.response.ids)
+                   for t in trajs)
 
     def without_maps():
         gen = generate(worker.adapter, worker.model, worker.processor,
@@ -61,7 +62,8 @@ def main(argv=None) -> dict:
         step["i"] += 1  # the next round samples new tokens; both variants of a round share them
 
     # generate's own phase split (sampling / after sampling) for the maps variant, by wrapping the function it calls
-    import ral_dist.rollout_worker as rw
+    # (the rollout worker's module imported `generate` from ral_dist.models.generation: patch its own name)
+    import ral_dist.actors.rollout_worker as rw
 
     def recording_generate(*a, **kw):
         gen = generate(*a, **kw)

@@ -1,9 +1,10 @@
 """Rollout throughput of the two engines on the same tiny model and batch, and the attention-map share of a step.
 
 One rollout step = sampling G responses for each prompt and their log-probs and attention maps. hf: transformers
-``generate`` captures both in its sampling passes (`ral_dist.generation.generate`); vllm: ``vllm.LLM`` samples, then
-one transformers scoring pass of the replica over the finished sequences yields them (`score_responses`). Reported
-per engine (median over ``--repeats`` after a warm-up, engines interleaved so a shared machine's drift hits both):
+``generate`` captures both in its sampling passes (`ral_dist.models.generation.generate`); vllm: ``vllm.LLM``
+samples, then one transformers scoring pass of the replica over the finished sequences yields them
+(`forward_responses`). Reported per engine (median over ``--repeats`` after a warm-up, engines interleaved so a
+shared machine's drift hits both):
 
   sampling tok/s   generated tokens / sampling time
   step tok/s       generated tokens / (sampling + after-sampling) time
@@ -30,10 +31,10 @@ import torch
 from ral_dist.config import RLJobConfig
 from ral_dist.data import GroundedVQAConfig
 from ral_dist.data import generate as generate_samples
-from ral_dist.generation import generate
 from ral_dist.models import build_policy
 from ral_dist.models.capture import use_capture_attention
-from ral_dist.prompting import visual_prompt
+from ral_dist.models.generation import generate
+from ral_dist.models.prompting import visual_prompt
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -65,18 +66,19 @@ def summarise(runs: list[dict]) -> dict:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    from ral_dist.vllm_engine import VLLMEngine
+    from ral_dist.vllm.engine import VLLMEngine
+    from ral_dist.vllm.sync_plan import sync_plan
 
     cfg = RLJobConfig.model_validate({"model": {"family": "idefics3", "checkpoint": None},
                                       "rollout": {"engine": "vllm", "max_new_tokens": args.max_new_tokens}})
     adapter, model, processor = build_policy("idefics3", None, {}, seed=0)
     use_capture_attention(model)
-    vllm = VLLMEngine(cfg, adapter, model, processor)
+    vllm = VLLMEngine(cfg, adapter, model, processor, sync_plan(cfg))
     samples = generate_samples(GroundedVQAConfig(seed=5), "val", args.prompts)
     prompts = [visual_prompt(s, "think") for s in samples]
     engines = {
         "hf": lambda p, **kw: generate(adapter, model, processor, p, capture=True, **kw),
-        "vllm": lambda p, **kw: vllm.generate(p, score=True, **kw),
+        "vllm": lambda p, **kw: vllm.generate(p, replica=True, **kw),
     }
     runs = {name: [] for name in engines}
     for r in range(args.repeats + 1):  # the first round warms both engines up and is dropped

@@ -18,7 +18,7 @@ import argparse
 import common
 import numpy as np
 
-from ral_dist.rollout_worker import RolloutWorker
+from ral_dist.actors.rollout_worker import RolloutWorker
 
 GOAL = ">= 1.7"
 

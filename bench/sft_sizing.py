@@ -26,11 +26,12 @@ import torch
 
 from ral_dist.algorithms import exact_match
 from ral_dist.data import GroundedVQAConfig, Sample, generate, region_token_mask
-from ral_dist.deepspeed_engine import cosine_lr
-from ral_dist.generation import generate as generate_responses
 from ral_dist.models import get_adapter
+from ral_dist.models.generation import generate as generate_responses
+from ral_dist.models.prompting import visual_prompt
 from ral_dist.models.qwen_vl import TINY_ROPE_THETA
-from ral_dist.prompting import IGNORE_INDEX, sft_batch, visual_prompt
+from ral_dist.runtime.schedule import cosine_lr
+from ral_dist.sft.batch import IGNORE_INDEX, sft_batch
 
 FAMILY = "qwen2_5_vl"
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ral_dist import metrics as m
+from ral_dist.runtime import metrics as m
 
 from .common import RUN, WINDOW, Query, dashboard, graph, mean_per_event
 

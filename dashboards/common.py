@@ -15,7 +15,7 @@ from grafana_foundation_sdk.builders import prometheus, stat, timeseries
 from grafana_foundation_sdk.models import common as mc
 from grafana_foundation_sdk.models import dashboard as md
 
-from ral_dist.metrics import RUN_STEPS
+from ral_dist.runtime.metrics import RUN_STEPS
 
 DATASOURCE = md.DataSourceRef(type_val="prometheus", uid="${datasource}")
 # Label filters: ral_dist's metrics carry JobId; Ray's node metrics only the session (and cluster, on KubeRay).

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ral_dist import metrics as m
+from ral_dist.runtime import metrics as m
 
 from .common import RUN, WINDOW, Query, dashboard, graph, mean_per_event, single
 
@@ -67,6 +67,6 @@ def build():
               Query(mean_per_event(m.PHASE_SECONDS.series, "phase", rollout_phases), "{{phase}}"),
               Query(mean_per_event(m.PHASE_SECONDS.series, "phase", f'{RUN},phase="rollout"'), "whole rollout")),
     ]
-    return dashboard(UID, "ral_dist / overview", "An RL run at a glance (ral_dist.metrics).", [
+    return dashboard(UID, "ral_dist / overview", "An RL run at a glance (ral_dist.runtime.metrics).", [
         ("Progress", progress), ("Rewards and accuracy", rewards), ("Policy", policy),
         ("Throughput", throughput), ("Time per step", time)])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ral_dist import metrics as m
+from ral_dist.runtime import metrics as m
 
 from .common import RUN, SESSION, WINDOW, Query, dashboard, graph, mean_per_event
 
@@ -18,7 +18,7 @@ GPU_UTIL, GPU_MEM_USED = "ray_node_gpus_utilization", "ray_node_gram_used"
 def build():
     workers = [
         graph("Worker utilisation", "Share of wall time each actor spends in its work method "
-              "(rollout, score, train_step).", "percentunit",
+              "(rollout, reward_batch, train_step).", "percentunit",
               Query(f"sum by (actor, WorkerId) (rate({m.BUSY.series}{{{RUN}}}[{WINDOW}]))", "{{actor}} {{WorkerId}}")),
         graph("Actor restarts", "Rollout and reward workers Ray restarted after a failure.", "none",
               Query(f"sum by (actor) (increase({m.RESTARTS.series}{{{RUN}}}[{WINDOW}]))", "{{actor}}"), bars=True),

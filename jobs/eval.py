@@ -7,27 +7,12 @@ generated task. Writes accuracy, format_rate, attention_on_target (and its chanc
 sparsity, consistency, n and per_type to the JSON file.
 """
 
-from __future__ import annotations
-
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-from ral_dist.config import DataConfig, SFTJobConfig, load_config  # noqa: E402
-
-
-def dataset_of(checkpoint: Path, data_dir: str | None) -> tuple[Path, str]:
-    if data_dir:
-        return Path(data_dir), "think"
-    from ral_dist.data.cache import ensure_dataset
-
-    sft_cfg = checkpoint / "sft_config.yaml"
-    data = load_config(SFTJobConfig, sft_cfg).data if sft_cfg.exists() else DataConfig()
-    return (Path(data.dir) if data.dir else ensure_dataset(data.task, data.sizes)), data.prompt_mode
+from ral_dist.evaluation.greedy import evaluate_checkpoint
 
 
 def main(argv=None) -> dict:
@@ -42,22 +27,11 @@ def main(argv=None) -> dict:
     p.add_argument("--max-new-tokens", type=int, default=48)
     p.add_argument("--heatmaps", default=None, help="directory for a few attention heatmaps (PNG)")
     args = p.parse_args(argv)
-
-    from ral_dist.data import read_dataset
-    from ral_dist.evaluation import evaluate
-    from ral_dist.models import adapter_for_checkpoint
-
-    checkpoint = Path(args.checkpoint)
-    adapter = adapter_for_checkpoint(checkpoint)
-    model, processor = adapter.load(checkpoint)
-    data_dir, trained_mode = dataset_of(checkpoint, args.data_dir)
-    samples, skipped = read_dataset(data_dir, args.split)
-    samples = samples[: args.limit] if args.limit else samples
     t0 = time.time()
-    report = evaluate(adapter, model, processor, samples, mode=args.mode or trained_mode,
-                      batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, heatmap_dir=args.heatmaps)
-    report.update(checkpoint=str(checkpoint), split=args.split, data_dir=str(data_dir), skipped=len(skipped),
-                  eval_s=round(time.time() - t0, 2))
+    report = evaluate_checkpoint(args.checkpoint, args.split, args.data_dir, args.mode, args.limit,
+                                 batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+                                 heatmap_dir=args.heatmaps)
+    report["eval_s"] = round(time.time() - t0, 2)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(report, indent=1))
     print(f"[eval] {args.split}: accuracy {report['accuracy']:.3f} format {report['format_rate']:.3f} "
@@ -68,3 +42,4 @@ def main(argv=None) -> dict:
 
 if __name__ == "__main__":
     main()
+

@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ral_dist.data import GroundedVQAConfig
+from ral_dist.rewards import PAPER_REWARD_WEIGHTS, REWARD_TERMS
 
 
 class ConfigError(ValueError):
@@ -64,7 +65,7 @@ class SFTJobConfig(Strict):
 
 
 class VLLMConfig(Strict):
-    """Settings of the vllm rollout engine (ral_dist/vllm_engine.py); ignored by the hf engine."""
+    """Settings of the vllm rollout engine (ral_dist/vllm/); ignored by the hf engine."""
 
     weight_sync: Literal["bytes", "nccl", "gloo"] = Field(
         "bytes", description="bytes: safetensors bytes through a worker extension; nccl: broadcast from learner "
@@ -104,15 +105,14 @@ class RolloutConfig(Strict):
 class RewardConfig(Strict):
     num_workers: int = Field(2, ge=1)
     weights: dict[str, float] = Field(
-        default_factory=lambda: {"task": 0.9, "format": 0.1, "sparsity": 0.0, "consistency": 0.0},
-        description="weight of each reward term (RAL.md §4); defaults reproduce the paper")
+        default_factory=lambda: dict(PAPER_REWARD_WEIGHTS),
+        description="weight of each reward term of the registry (ral_dist/rewards, RAL.md §4); defaults "
+                    "reproduce the paper")
     cpus_per_worker: float = Field(0.1, gt=0)
 
     @field_validator("weights")
     @classmethod
     def _known_terms(cls, weights: dict[str, float]) -> dict[str, float]:
-        from ral_dist.algorithms import REWARD_TERMS
-
         unknown = sorted(set(weights) - set(REWARD_TERMS))
         if unknown:
             raise ValueError(f"unknown reward terms {unknown}; known: {sorted(REWARD_TERMS)}")
@@ -181,6 +181,13 @@ class RLJobConfig(Strict):
     learner: LearnerConfig = Field(default_factory=LearnerConfig)
     run: RLRunConfig = Field(default_factory=RLRunConfig)
 
+    @model_validator(mode="after")
+    def _every_worker_gets_a_prompt(self) -> RLJobConfig:
+        if self.rollout.prompts_per_step < self.rollout.num_workers:
+            raise ValueError(f"rollout.prompts_per_step ({self.rollout.prompts_per_step}) must be >= "
+                             f"rollout.num_workers ({self.rollout.num_workers})")
+        return self
+
     @property
     def updates_per_rollout_batch(self) -> int:
         return self.learner.ppo_epochs * self.learner.num_minibatches
@@ -242,11 +249,6 @@ class DistillJobConfig(RLJobConfig):
             raise ValueError(f"teacher.queue_size ({self.teacher.queue_size}) must be >= rollout.num_workers "
                              f"({self.rollout.num_workers}), the teacher calls of one step")
         return self
-
-
-def job_config(config: dict) -> RLJobConfig:
-    """The validated config of either job (a ``teacher`` section makes it a distillation job)."""
-    return (DistillJobConfig if "teacher" in config else RLJobConfig).model_validate(config)
 
 
 C = TypeVar("C", bound=BaseModel)

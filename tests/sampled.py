@@ -3,13 +3,13 @@
 import torch
 
 from ral_dist.algorithms import group_advantages
-from ral_dist.collate import trajectories_from_generation
 from ral_dist.data import GroundedVQAConfig
 from ral_dist.data import generate as generate_samples
-from ral_dist.generation import generate
+from ral_dist.messages.collate import trajectories_from_generation
 from ral_dist.models import build_policy
 from ral_dist.models.capture import use_capture_attention
-from ral_dist.prompting import visual_prompt
+from ral_dist.models.generation import generate
+from ral_dist.models.prompting import visual_prompt
 
 # Mixed-sign rewards for 2 prompts x G 4: both groups get positive and negative advantages.
 REWARDS = (1.0, 0.0, 0.1, 0.9, 0.0, 1.0, 0.3, 0.0)
@@ -17,8 +17,8 @@ REWARDS = (1.0, 0.0, 0.1, 0.9, 0.0, 1.0, 0.3, 0.0)
 
 def sampled_trajectories(group: int, *, mode: str = "think", temperature: float = 1.0, max_new_tokens: int = 8,
                          rewards: tuple[float, ...] | None = None, wire_dtype=torch.float32):
-    """2 prompts x ``group`` responses of the version-0 weights of the seed-0 tiny Qwen2.5-VL; with ``rewards``,
-    their group advantages set."""
+    """2 prompts x ``group`` responses of the version-0 weights of the seed-0 tiny Qwen2.5-VL, and their group
+    advantages (of ``rewards``; zeros without)."""
     adapter, model, processor = build_policy("qwen2_5_vl", None, {}, seed=0)
     use_capture_attention(model)
     samples = generate_samples(GroundedVQAConfig(), "train", 2)
@@ -28,7 +28,5 @@ def sampled_trajectories(group: int, *, mode: str = "think", temperature: float 
     expanded = [s for s in samples for _ in range(group)]
     trajs = trajectories_from_generation(gen, expanded, [i // group for i in range(len(expanded))], version=0,
                                          temporal_patch=2, max_new_tokens=max_new_tokens, wire_dtype=wire_dtype)
-    if rewards is not None:
-        for t, a in zip(trajs, group_advantages(torch.tensor(rewards), group).tolist(), strict=True):
-            t.advantage = a
-    return trajs
+    advantages = group_advantages(torch.tensor(rewards), group).tolist() if rewards is not None else [0.0] * len(trajs)
+    return trajs, advantages

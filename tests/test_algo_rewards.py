@@ -3,9 +3,7 @@ import math
 import pytest
 import torch
 
-from ral_dist.algorithms.rewards import (
-    PAPER_REWARD_WEIGHTS,
-    REWARD_TERMS,
+from ral_dist.algorithms import (
     Score,
     consistency,
     exact_match,
@@ -13,7 +11,6 @@ from ral_dist.algorithms.rewards import (
     format_score,
     normalize_answer,
     sparsity,
-    total_reward,
 )
 
 GOOD = "<think>The bar for May is tallest.</think>\n<answer>(B)</answer>"
@@ -173,21 +170,3 @@ def test_consistency_failures_never_raise():
     assert consistency(ok, torch.tensor([_row((0, 1.0))]), VIS) == Score(0.0, "no_visual_mass")
     garbage = sparsity("not a tensor", VIS)
     assert garbage.value == 0.0 and garbage.reason.startswith("error_")
-
-
-# --- registry and total --------------------------------------------------------------------------------
-
-
-def test_registry_and_total_reward():
-    assert set(REWARD_TERMS) == {"task", "format", "sparsity", "consistency"}
-    assert REWARD_TERMS["task"] is exact_match
-    assert dict(PAPER_REWARD_WEIGHTS) == {"task": 0.9, "format": 0.1, "sparsity": 0.0, "consistency": 0.0}
-    assert total_reward({"task": 1.0, "format": 1.0}, PAPER_REWARD_WEIGHTS) == pytest.approx(1.0)
-    assert total_reward({"task": 0.0, "format": 1.0}) == pytest.approx(0.1)
-    assert total_reward({"format": Score(1.0, None)}) == pytest.approx(0.1)
-    assert total_reward({"task": float("nan"), "format": 1.0, "sparsity": 0.7}) == pytest.approx(0.1)
-    weights = {"task": 0.5, "format": 0.1, "sparsity": 0.2, "consistency": 0.2}
-    terms = {"task": 1.0, "format": 0.0, "sparsity": 0.5, "consistency": 0.25}
-    assert total_reward(terms, weights) == pytest.approx(0.5 + 0.1 + 0.05)
-    with pytest.raises(TypeError):
-        PAPER_REWARD_WEIGHTS["task"] = 1.0  # type: ignore[index]

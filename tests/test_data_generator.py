@@ -177,6 +177,17 @@ def test_planted_video_questions():
         ask(sc, "color_at", cell=(0, 0))  # image question on a video
 
 
+def test_ask_rejects_unknown_qtype_and_wrong_kind():
+    image = _two_by_two()
+    video = Scene(canvas=112, grid=2, frames=[list(image.objects), list(image.objects)])
+    with pytest.raises(ValueError, match="unknown qtype 'nope'"):
+        ask(image, "nope")
+    with pytest.raises(ValueError, match="^direction is a video question$"):
+        ask(image, "direction", color="red", shape="circle")
+    with pytest.raises(ValueError, match="^exists is an image question$"):
+        ask(video, "exists", color="red", shape="circle")
+
+
 # ------------------------------------------------------------------------------------------ generated data
 
 

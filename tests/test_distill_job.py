@@ -17,11 +17,10 @@ import torch
 import yaml
 from tiny_job import TINY_JOB
 
-from ral_dist.generation import score_responses
 from ral_dist.models import build_policy
 from ral_dist.models.capture import use_capture_attention
-from ral_dist.prompting import visual_prompt
-from ral_dist.teacher import KeepLogits
+from ral_dist.models.generation import forward_responses
+from ral_dist.models.prompting import visual_prompt
 
 ROOT = Path(__file__).resolve().parents[1]
 TEACHER = {"family": "qwen2_5_vl", "checkpoint": None, "seed": 0, "num_workers": 1, "cpus_per_worker": 0.25,
@@ -77,13 +76,13 @@ def test_tiny_distillation_job_through_ray_job_submit(ray_head, tmp_path):
         assert len(audit["targets"]) == len(audit["trajectories"]) == 3
         for traj, target in zip(audit["trajectories"], audit["targets"], strict=True):
             prompts = adapter.encode(processor, [visual_prompt(traj.sample, "think")])
-            ids = traj.response_ids[None]
-            with torch.no_grad(), KeepLogits(model) as kept:
-                logp, attn, _, _ = score_responses(adapter, model, prompts, ids, torch.ones_like(ids), pad)
-            assert target.attention.shape == traj.attention.shape
-            assert (target.attention - attn[0]).abs().max() <= 1e-5
-            assert (target.token_logprobs - logp[0]).abs().max() <= 1e-5
-            full = torch.log_softmax(kept.logits[0, traj.prompt_len - 1 : -1].float(), -1)
+            ids = traj.response.ids[None]
+            with torch.no_grad():
+                fwd = forward_responses(adapter, model, prompts, ids, torch.ones_like(ids), pad, keep_logits=True)
+            assert target.attention.shape == traj.behaviour.attention.shape
+            assert (target.attention - fwd.attention[0]).abs().max() <= 1e-5
+            assert (target.token_logprobs - fwd.logprobs[0]).abs().max() <= 1e-5
+            full = torch.log_softmax(fwd.logits[0], -1)
             assert (target.logprobs - full).abs().max() <= 1e-5
             checked += 1
     assert checked == 2 * 2 * 3

@@ -5,15 +5,16 @@ student gives zero divergences.
 Teachers are random tiny Qwen2.5-VLs (no SFT: these are identities of the loss, not of what a teacher knows).
 """
 
-import copy
+import dataclasses
 
 import pytest
 import torch
 from sampled import REWARDS, sampled_trajectories  # noqa: E402
 
 from ral_dist.config import DistillJobConfig  # noqa: E402
-from ral_dist.learner import Learner  # noqa: E402
-from ral_dist.teacher import TeacherActor, side_fingerprint  # noqa: E402
+from ral_dist.distill.learner import DistillLearner  # noqa: E402
+from ral_dist.distill.pairing import side_fingerprint  # noqa: E402
+from ral_dist.distill.teacher import TeacherActor  # noqa: E402
 
 MODE = "think"
 G = 4
@@ -37,9 +38,14 @@ def _config(gamma_attn=0.5, mu=1.0, teacher_tiny=LARGER, teacher_seed=1, top_k=N
 
 
 @pytest.fixture(scope="module")
-def trajectories():
-    """2 prompts x G responses of the student's version-0 weights, with group advantages."""
+def sampled():
+    """2 prompts x G responses of the student's version-0 weights, and their group advantages."""
     return sampled_trajectories(G, mode=MODE, rewards=REWARDS)
+
+
+@pytest.fixture(scope="module")
+def trajectories(sampled):
+    return sampled[0]
 
 
 def _targets(trajectories, **config):
@@ -47,52 +53,52 @@ def _targets(trajectories, **config):
     return teacher.targets(trajectories)[0]
 
 
-def _step(port, trajectories, targets, **config):
-    learner = Learner(0, 1, "127.0.0.1", port, _config(**config))
-    stats = learner.train_step(0, copy.deepcopy(trajectories), teacher=[targets])
-    params = {n: p.detach().clone() for n, p in learner.engine.module.named_parameters()}
+def _step(port, sampled, targets, **config):
+    learner = DistillLearner(0, 1, "127.0.0.1", port, _config(**config))
+    stats = learner.train_step(0, *sampled, teacher=[targets])
+    params = {n: p.detach().clone() for n, p in learner.ds_engine.module.named_parameters()}
     return stats, params
 
 
-def test_the_loss_is_grpo_plus_the_distillation_terms(port, trajectories):
+def test_the_loss_is_grpo_plus_the_distillation_terms(port, sampled, trajectories):
     targets = _targets(trajectories)
-    stats, _ = _step(port, trajectories, targets, gamma_attn=0.7, mu=2.0)
-    assert stats["reverse_kl"] > 0.01 and stats["teacher_attn_jsd"] > 1e-6 and stats["teacher_wait_s"] >= 0
+    stats, _ = _step(port, sampled, targets, gamma_attn=0.7, mu=2.0)
+    assert stats.extra["reverse_kl"] > 0.01 and stats.extra["teacher_attn_jsd"] > 1e-6 and stats.extra["teacher_wait_s"] >= 0
     # one update on the version-0 weights: ratio 1, KL 0, so the total is exactly the sum of its terms
-    assert stats["loss"] == pytest.approx(stats["policy_loss"] + 2.0 * stats["reverse_kl"]
-                                          + 0.7 * stats["teacher_attn_jsd"], rel=1e-6)
+    assert stats.loss == pytest.approx(stats.policy_loss + 2.0 * stats.extra["reverse_kl"]
+                                          + 0.7 * stats.extra["teacher_attn_jsd"], rel=1e-6)
 
 
-def test_gamma_zero_is_on_policy_kd_whatever_the_teacher_attends_to(port, trajectories):
+def test_gamma_zero_is_on_policy_kd_whatever_the_teacher_attends_to(port, sampled, trajectories):
     targets = _targets(trajectories)
     # the same teacher tokens, but attention rows that put every row's mass on its first key
-    shifted = [copy.copy(t) for t in targets]
-    for t in shifted:
-        t.attention = torch.zeros_like(t.attention)
-        t.attention[:, 0] = 1.0
-    kd, kd_params = _step(port, trajectories, targets, gamma_attn=0.0)
-    kd2, kd2_params = _step(port, trajectories, shifted, gamma_attn=0.0)
-    assert kd["loss"] == pytest.approx(kd["policy_loss"] + kd["reverse_kl"], rel=1e-6)
-    assert kd2["teacher_attn_jsd"] > kd["teacher_attn_jsd"] + 0.1  # logged, but no part of the loss
+    first_key = [torch.zeros_like(t.attention) for t in targets]
+    for rows in first_key:
+        rows[:, 0] = 1.0
+    shifted = [dataclasses.replace(t, attention=rows) for t, rows in zip(targets, first_key, strict=True)]
+    kd, kd_params = _step(port, sampled, targets, gamma_attn=0.0)
+    kd2, kd2_params = _step(port, sampled, shifted, gamma_attn=0.0)
+    assert kd.loss == pytest.approx(kd.policy_loss + kd.extra["reverse_kl"], rel=1e-6)
+    assert kd2.extra["teacher_attn_jsd"] > kd.extra["teacher_attn_jsd"] + 0.1  # logged, but no part of the loss
     assert all(torch.equal(kd_params[n], kd2_params[n]) for n in kd_params)  # bit-identical updates
     # the same switch on: now the attention rows move the weights
-    _, on_params = _step(port, trajectories, targets, gamma_attn=1.0)
-    _, on2_params = _step(port, trajectories, shifted, gamma_attn=1.0)
+    _, on_params = _step(port, sampled, targets, gamma_attn=1.0)
+    _, on2_params = _step(port, sampled, shifted, gamma_attn=1.0)
     assert not all(torch.equal(on_params[n], on2_params[n]) for n in on_params)
 
 
-def test_a_teacher_equal_to_the_student_gives_zero_divergence(port, trajectories):
+def test_a_teacher_equal_to_the_student_gives_zero_divergence(port, sampled, trajectories):
     # the student's own architecture and initial weights (seed 0) as the teacher, top-k targets
     targets = _targets(trajectories, teacher_tiny={}, teacher_seed=0, top_k=16)
-    stats, _ = _step(port, trajectories, targets, gamma_attn=1.0)
-    assert abs(stats["reverse_kl"]) < 1e-5 and stats["teacher_attn_jsd"] < 1e-6
-    assert stats["loss"] == pytest.approx(stats["policy_loss"], abs=1e-5)
+    stats, _ = _step(port, sampled, targets, gamma_attn=1.0)
+    assert abs(stats.extra["reverse_kl"]) < 1e-5 and stats.extra["teacher_attn_jsd"] < 1e-6
+    assert stats.loss == pytest.approx(stats.policy_loss, abs=1e-5)
 
 
-def test_targets_must_cover_every_trajectory(port, trajectories):
+def test_targets_must_cover_every_trajectory(port, sampled, trajectories):
     targets = _targets(trajectories[:2])
-    learner = Learner(0, 1, "127.0.0.1", port, _config())
+    learner = DistillLearner(0, 1, "127.0.0.1", port, _config())
     with pytest.raises(ValueError, match="2 teacher targets for 8 trajectories"):
-        learner.train_step(0, copy.deepcopy(trajectories), teacher=[targets])
+        learner.train_step(0, *sampled, teacher=[targets])
     with pytest.raises(ValueError, match="needs the teacher's targets"):
-        learner.train_step(0, copy.deepcopy(trajectories))
+        learner.train_step(0, *sampled)

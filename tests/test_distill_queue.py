@@ -4,7 +4,7 @@ test_teacher.py and test_distill_job.py)."""
 
 import ray
 
-from ral_dist.distill_controller import TeacherQueue
+from ral_dist.distill.queue import TeacherQueue
 
 
 class _Teacher:

@@ -5,10 +5,10 @@ import torch
 
 from ral_dist.data import GroundedVQAConfig
 from ral_dist.data import generate as generate_samples
-from ral_dist.generation import eos_mask, generate, score_responses
 from ral_dist.models import get_adapter
 from ral_dist.models.capture import use_capture_attention
-from ral_dist.prompting import visual_prompt
+from ral_dist.models.generation import eos_mask, forward_responses, generate
+from ral_dist.models.prompting import visual_prompt
 
 
 def test_eos_mask_keeps_the_first_eos_and_drops_the_rest():
@@ -32,9 +32,10 @@ def test_sampled_logprobs_and_attention_match_a_fresh_scoring_pass():
         single = adapter.encode(processor, [visual_prompt(samples[row // 2], "think")])
         n = int(gen.response_mask[row].sum())
         with torch.no_grad():
-            lp, attn, _, _ = score_responses(adapter, model, single, gen.response_ids[row : row + 1, :n],
-                                             gen.response_mask[row : row + 1, :n], processor.tokenizer.pad_token_id,
-                                             temperature=0.7)
+            fwd = forward_responses(adapter, model, single, gen.response_ids[row : row + 1, :n],
+                                    gen.response_mask[row : row + 1, :n], processor.tokenizer.pad_token_id,
+                                    temperature=0.7)
+        lp, attn = fwd.logprobs, fwd.attention
         assert torch.allclose(lp[0], gen.logprobs[row, :n], atol=1e-4)
         shift = gen.prompts.prompt_len - single.prompt_len  # left padding of the batched prompt
         assert torch.allclose(attn[0], gen.attention[row, :n, shift:], atol=1e-5)
@@ -66,9 +67,10 @@ def test_responses_that_stop_early_keep_their_eos_row_and_match_a_scoring_pass(f
     assert gen.response_ids.shape[1] < 16 and lengths.min() < lengths.max()  # stopped early, at different tokens
     assert len(set(gen.prompts.inputs["attention_mask"].sum(1).tolist())) > 1  # left padding in the batch
     with torch.no_grad():
-        lp, attn, q_attn, _ = score_responses(adapter, model, gen.prompts, gen.response_ids, gen.response_mask,
-                                              processor.tokenizer.pad_token_id, temperature=0.9,
-                                              capture_question=True, alignment=alignment)
+        fwd = forward_responses(adapter, model, gen.prompts, gen.response_ids, gen.response_mask,
+                                processor.tokenizer.pad_token_id, temperature=0.9, capture_question=True,
+                                alignment=alignment)
+    lp, attn, q_attn = fwd.logprobs, fwd.attention, fwd.question_attention
     assert torch.allclose(gen.logprobs, lp, atol=1e-5)
     assert torch.allclose(gen.attention, attn, atol=1e-5) and torch.allclose(gen.question_attention, q_attn)
     eos_rows = gen.attention[torch.arange(len(lengths)), lengths - 1]  # every response's last (EOS) token

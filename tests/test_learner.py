@@ -6,18 +6,19 @@ are the learner's version-0 weights.
 """
 
 import copy
+import dataclasses
 import math
 
 import pytest
 import torch
 from sampled import REWARDS, sampled_trajectories  # noqa: E402
 
+from ral_dist.actors.learner import ONE_UPDATE_WARNING, Learner  # noqa: E402
 from ral_dist.algorithms import aggregate_tokens, clipped_surrogate, k3_kl  # noqa: E402
-from ral_dist.collate import learner_batch  # noqa: E402
 from ral_dist.config import RLJobConfig  # noqa: E402
-from ral_dist.generation import score_responses  # noqa: E402
-from ral_dist.learner import ONE_UPDATE_WARNING, Learner  # noqa: E402
+from ral_dist.messages.collate import learner_batch, response_batch  # noqa: E402
 from ral_dist.models import adapter_for_checkpoint, build_policy  # noqa: E402
+from ral_dist.models.generation import forward_responses  # noqa: E402
 
 SEED = 0
 G = 4
@@ -45,42 +46,52 @@ def _learner(port, steps: int = 100, **learner) -> Learner:
 
 
 @pytest.fixture(scope="module")
-def trajectories():
-    """2 prompts x G=4 responses sampled by the version-0 weights, with mixed-sign advantages."""
-    trajs = sampled_trajectories(G, mode=MODE, rewards=REWARDS)
-    assert {a > 0 for a in (t.advantage for t in trajs)} == {True, False}
-    return trajs
+def sampled():
+    """2 prompts x G=4 responses sampled by the version-0 weights, and their mixed-sign advantages."""
+    trajs, advantages = sampled_trajectories(G, mode=MODE, rewards=REWARDS)
+    assert {a > 0 for a in advantages} == {True, False}
+    return trajs, advantages
+
+
+@pytest.fixture(scope="module")
+def trajectories(sampled):
+    return sampled[0]
+
+
+@pytest.fixture(scope="module")
+def advantages(sampled):
+    return sampled[1]
 
 
 def _params(learner: Learner) -> dict[str, torch.Tensor]:
-    return {n: p.detach().clone() for n, p in learner.engine.module.named_parameters()}
+    return {n: p.detach().clone() for n, p in learner.ds_engine.module.named_parameters()}
 
 
 SOME = ("model.language_model.layers.3.self_attn.q_proj.weight", "model.language_model.layers.0.mlp.up_proj.weight",
         "lm_head.weight", "model.visual.blocks.0.attn.qkv.weight")
 
 
-def test_lambda_zero_is_plain_grpo(port, trajectories):
+def test_lambda_zero_is_plain_grpo(port, trajectories, advantages):
     lr, wd, clip, beta = 1e-3, 0.01, 0.05, 0.04
     learner = _learner(port, lr=lr, weight_decay=wd, grad_clip=clip, beta=beta, lambda_attn=0.0)
     for step in range(2):  # the 2nd step has policy != reference, so the KL term carries gradient
-        stats = learner.train_step(step, trajectories)
-    assert stats["skipped_updates"] == 0 and stats["version"] == 2 and stats["warnings"] == []
-    assert stats["attn_grad_norm_by_minibatch"] == [0.0] and stats["kl"] > 0
+        stats = learner.train_step(step, trajectories, advantages)
+    assert stats.skipped_updates == 0 and stats.version == 2 and stats.warnings == []
+    assert stats.attn_grad_norm_by_minibatch == [0.0] and stats.kl > 0
 
     # the same two updates written out with plain torch
     adapter, model, processor = build_policy("qwen2_5_vl", None, {}, seed=SEED)
     model.train()
     ref = copy.deepcopy(model).eval().requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=wd)
-    batch = learner_batch(adapter, processor, trajectories, MODE)
+    batch = learner_batch(adapter, processor, trajectories, advantages, MODE)
     pad = processor.tokenizer.pad_token_id
     norms = []
     for _ in range(2):
         args = (batch.prompts, batch.response_ids, batch.response_mask, pad)
         with torch.no_grad():
-            ref_logp, _, _, _ = score_responses(adapter, ref, *args, capture=False)
-        logp, _, _, _ = score_responses(adapter, model, *args, capture=False)
+            ref_logp = forward_responses(adapter, ref, *args, capture=False).logprobs
+        logp = forward_responses(adapter, model, *args, capture=False).logprobs
         policy, _ = clipped_surrogate(logp, batch.old_logprobs, batch.advantages, batch.response_mask, 0.2)
         loss = policy + beta * aggregate_tokens(k3_kl(logp, ref_logp), batch.response_mask)
         opt.zero_grad()
@@ -97,56 +108,55 @@ def test_lambda_zero_is_plain_grpo(port, trajectories):
 
 
 @pytest.mark.parametrize("old_policy", ["rollout", "recompute"])
-def test_attention_gradient_is_zero_on_the_first_minibatch_only(port, trajectories, old_policy):
+def test_attention_gradient_is_zero_on_the_first_minibatch_only(port, trajectories, advantages, old_policy):
     if old_policy == "recompute":
         # fp16 rows on the wire differ from p_theta by rounding; recomputing p_old here must remove that
-        trajectories = [copy.copy(t) for t in trajectories]
-        for t in trajectories:
-            t.attention = t.attention.half()
+        trajectories = [dataclasses.replace(t, behaviour=dataclasses.replace(
+            t.behaviour, attention=t.behaviour.attention.half())) for t in trajectories]
     learner = _learner(port, lambda_attn=1.0, num_minibatches=2, old_policy=old_policy)
-    stats = learner.train_step(0, trajectories)
-    by_mb = stats["attn_grad_norm_by_minibatch"]
+    stats = learner.train_step(0, trajectories, advantages)
+    by_mb = stats.attn_grad_norm_by_minibatch
     assert len(by_mb) == 2
-    assert by_mb[0] == stats["attn_grad_norm_first"]
+    assert by_mb[0] == stats.attn_grad_norm_first
     if old_policy == "recompute":  # theta == theta_old and p_old from this very forward: the JSD gradient vanishes
         assert by_mb[0] == 0.0
     else:  # p_old from the sampling passes, equal to this forward up to float rounding
         assert by_mb[0] < 1e-7
     assert by_mb[1] > 1e-4  # after one update the attention term acts
-    assert stats["warnings"] == [] and stats["attn_jsd"] > 0 and stats["skipped_updates"] == 0
+    assert stats.warnings == [] and stats.attn_jsd > 0 and stats.skipped_updates == 0
 
 
-def test_attention_gradient_norm_is_measured_every_nth_step_only(port, trajectories):
+def test_attention_gradient_norm_is_measured_every_nth_step_only(port, trajectories, advantages):
     learner = _learner(port, lambda_attn=1.0, num_minibatches=2, attn_grad_norm_every=2)
-    norms = [learner.train_step(step, trajectories)["attn_grad_norm_by_minibatch"] for step in range(3)]
+    norms = [learner.train_step(step, trajectories, advantages).attn_grad_norm_by_minibatch for step in range(3)]
     assert norms[0][0] < 1e-7 and norms[0][1] > 1e-4 and norms[2][1] > 1e-4  # steps 0 and 2: measured
     assert all(math.isnan(g) for g in norms[1])  # step 1: not measured, said by NaN (never a made-up 0)
 
 
-def test_lr_warmup_scales_the_first_steps(port, trajectories):
+def test_lr_warmup_scales_the_first_steps(port, trajectories, advantages):
     """Adam's first update moves a weight by the full lr whatever its gradient; warm-up makes that lr / warmup_steps."""
     learner = _learner(port, lr=1e-3, warmup_steps=4)
     before = _params(learner)
-    stats = learner.train_step(0, trajectories)
+    stats = learner.train_step(0, trajectories, advantages)
     moved = max(float((p - before[n]).abs().max()) for n, p in _params(learner).items())
-    assert stats["lr"] == pytest.approx(2.5e-4) and moved == pytest.approx(2.5e-4, rel=1e-3)
-    assert [learner.train_step(s, trajectories)["lr"] for s in (1, 3, 7)] == pytest.approx([5e-4, 1e-3, 1e-3])
+    assert stats.lr == pytest.approx(2.5e-4) and moved == pytest.approx(2.5e-4, rel=1e-3)
+    assert [learner.train_step(s, trajectories, advantages).lr for s in (1, 3, 7)] == pytest.approx([5e-4, 1e-3, 1e-3])
 
 
-def test_lr_cosine_decay_reaches_the_floor_at_the_last_step(port, trajectories):
+def test_lr_cosine_decay_reaches_the_floor_at_the_last_step(port, trajectories, advantages):
     learner = _learner(port, steps=14, lr=1e-3, warmup_steps=4, min_lr_ratio=0.1)
-    lrs = [learner.train_step(s, trajectories)["lr"] for s in (3, 9, 14)]
+    lrs = [learner.train_step(s, trajectories, advantages).lr for s in (3, 9, 14)]
     assert lrs == pytest.approx([1e-3, 5.5e-4, 1e-4])  # end of warm-up, half-way (0.1 + 0.9 / 2), the floor
 
 
-def test_one_update_per_batch_warns_and_equals_grpo(port, trajectories):
+def test_one_update_per_batch_warns_and_equals_grpo(port, trajectories, advantages):
     ral = _learner(port, lambda_attn=1.0, old_policy="recompute")
     assert ral.warnings == [ONE_UPDATE_WARNING]
-    stats = ral.train_step(0, trajectories)
-    assert ONE_UPDATE_WARNING in stats["warnings"] and stats["attn_grad_norm_first"] == 0.0
+    stats = ral.train_step(0, trajectories, advantages)
+    assert ONE_UPDATE_WARNING in stats.warnings and stats.attn_grad_norm_first == 0.0
     grpo = _learner(port, lambda_attn=0.0, old_policy="recompute")
     assert grpo.warnings == []
-    grpo.train_step(0, trajectories)
+    grpo.train_step(0, trajectories, advantages)
     assert ral.param_digest() != pytest.approx(_learner_initial_digest(), abs=1e-6)  # it did move
     assert ral.param_digest() == grpo.param_digest()
     a, b = _params(ral), _params(grpo)
@@ -163,53 +173,54 @@ def _learner_initial_digest() -> float:
     return _INITIAL["digest"]
 
 
-def test_non_finite_inputs_skip_the_update(port, trajectories):
+def test_non_finite_inputs_skip_the_update(port, trajectories, advantages):
     learner = _learner(port, lambda_attn=1.0, beta=0.04, num_minibatches=1)
     before = learner.param_digest()
     assert before == pytest.approx(_learner_initial_digest(), abs=1e-9)
 
-    bad_adv = [copy.copy(t) for t in trajectories]
-    bad_adv[3].advantage = float("nan")
-    bad_lp = [copy.copy(t) for t in trajectories]
-    bad_lp[5].old_logprobs = bad_lp[5].old_logprobs.clone()
-    bad_lp[5].old_logprobs[0] = float("nan")
-    for step, trajs in enumerate((bad_adv, bad_lp)):
-        stats = learner.train_step(step, trajs)
-        assert stats["skipped_updates"] == 1 and stats["updates"] == 0
-        assert any("non-finite" in w for w in stats["warnings"])
+    bad_adv = list(advantages)
+    bad_adv[3] = float("nan")
+    bad_lp = list(trajectories)
+    nan_first = bad_lp[5].behaviour.logprobs.clone()
+    nan_first[0] = float("nan")
+    bad_lp[5] = dataclasses.replace(bad_lp[5], behaviour=dataclasses.replace(bad_lp[5].behaviour, logprobs=nan_first))
+    for step, (trajs, adv) in enumerate(((trajectories, bad_adv), (bad_lp, advantages))):
+        stats = learner.train_step(step, trajs, adv)
+        assert stats.skipped_updates == 1 and stats.updates == 0
+        assert any("non-finite" in w for w in stats.warnings)
         assert learner.param_digest() == before
-        assert all(torch.isfinite(p).all() for p in learner.engine.module.parameters())
+        assert all(torch.isfinite(p).all() for p in learner.ds_engine.module.parameters())
 
-    stats = learner.train_step(2, trajectories)  # clean data trains again
-    assert stats["skipped_updates"] == 0 and learner.param_digest() != before
-    assert stats["version"] == 3
+    stats = learner.train_step(2, trajectories, advantages)  # clean data trains again
+    assert stats.skipped_updates == 0 and learner.param_digest() != before
+    assert stats.version == 3
 
 
 def _logits(adapter, model, processor, trajectories):
-    batch = learner_batch(adapter, processor, trajectories[:3], MODE)
+    batch = response_batch(adapter, processor, trajectories[:3], MODE)
     with torch.no_grad():
         return model(**batch.prompts.inputs).logits
 
 
-def test_state_dict_loads_strictly_into_a_fresh_model_zero2(port, trajectories):
+def test_state_dict_loads_strictly_into_a_fresh_model_zero2(port, trajectories, advantages):
     learner = _learner(port, zero_stage=2, lambda_attn=1.0, num_minibatches=2)
-    stats = learner.train_step(0, trajectories)
-    assert stats["skipped_updates"] == 0 and stats["attn_grad_norm_by_minibatch"][1] > 0
+    stats = learner.train_step(0, trajectories, advantages)
+    assert stats.skipped_updates == 0 and stats.attn_grad_norm_by_minibatch[1] > 0
     state = learner.state_dict()
-    fresh = learner.adapter.model_class()(learner.engine.module.config)
+    fresh = learner.adapter.model_class()(learner.ds_engine.module.config)
     fresh.load_state_dict(state, strict=True)
     fresh.eval()
-    learner.engine.module.eval()
-    want = _logits(learner.adapter, learner.engine.module, learner.processor, trajectories)
+    learner.ds_engine.module.eval()
+    want = _logits(learner.adapter, learner.ds_engine.module, learner.processor, trajectories)
     got = _logits(learner.adapter, fresh, learner.processor, trajectories)
     assert torch.equal(got, want)
     assert learner.param_digest() != pytest.approx(_learner_initial_digest(), abs=1e-6)
 
 
-def test_checkpoint_round_trip_restores_version_weights_and_optimizer(port, trajectories, tmp_path):
+def test_checkpoint_round_trip_restores_version_weights_and_optimizer(port, trajectories, advantages, tmp_path):
     cfg = {"zero_stage": 2, "lambda_attn": 1.0, "num_minibatches": 2}
     a = _learner(port, **cfg)
-    a.train_step(0, trajectories)
+    a.train_step(0, trajectories, advantages)
     a.save_checkpoint(str(tmp_path))
     b = _learner(port, **cfg)
     assert b.load_checkpoint(str(tmp_path)) == 1 and b.version == 1
@@ -217,8 +228,8 @@ def test_checkpoint_round_trip_restores_version_weights_and_optimizer(port, traj
     pa, pb = _params(a), _params(b)
     assert all(torch.equal(pa[n], pb[n]) for n in pa)
     # Adam moments came back too: the next update is the same on both
-    a.train_step(1, trajectories)
-    b.train_step(1, trajectories)
+    a.train_step(1, trajectories, advantages)
+    b.train_step(1, trajectories, advantages)
     assert b.param_digest() == a.param_digest()
 
     adapter = adapter_for_checkpoint(tmp_path)

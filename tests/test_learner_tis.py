@@ -6,15 +6,17 @@ log-probs are then perturbed to stand for a rollout engine whose numerics differ
 """
 
 
+import dataclasses
+
 import pytest
 import torch
 from sampled import REWARDS, sampled_trajectories  # noqa: E402
 
-from ral_dist.collate import learner_batch  # noqa: E402
+from ral_dist.actors.learner import Learner  # noqa: E402
 from ral_dist.config import ConfigError, RLJobConfig, load_config  # noqa: E402
-from ral_dist.generation import score_responses  # noqa: E402
-from ral_dist.learner import Learner  # noqa: E402
+from ral_dist.messages.collate import learner_batch  # noqa: E402
 from ral_dist.models import build_policy  # noqa: E402
+from ral_dist.models.generation import forward_responses  # noqa: E402
 
 SEED, G, MODE, CAP = 0, 4, "think", 2.0
 LR, WD, CLIP = 1e-3, 0.01, 0.05
@@ -29,15 +31,17 @@ def port(gloo_port):
 
 
 @pytest.fixture(scope="module")
-def trajectories():
-    """2 prompts x G responses from the version-0 weights, mixed-sign advantages, perturbed rollout log-probs."""
-    trajs = sampled_trajectories(G, mode=MODE, rewards=REWARDS)
-    k = 0
+def sampled():
+    """2 prompts x G responses from the version-0 weights with perturbed rollout log-probs, and mixed-sign
+    advantages."""
+    trajs, advantages = sampled_trajectories(G, mode=MODE, rewards=REWARDS)
+    k, perturbed = 0, []
     for t in trajs:
-        deltas = torch.tensor([DELTAS[(k + j) % len(DELTAS)] for j in range(len(t.old_logprobs))])
-        t.old_logprobs = t.old_logprobs + deltas
+        deltas = torch.tensor([DELTAS[(k + j) % len(DELTAS)] for j in range(len(t.behaviour.logprobs))])
+        behaviour = dataclasses.replace(t.behaviour, logprobs=t.behaviour.logprobs + deltas)
+        perturbed.append(dataclasses.replace(t, behaviour=behaviour))
         k += len(deltas)
-    return trajs
+    return perturbed, advantages
 
 
 def _learner(port, **learner) -> Learner:
@@ -51,28 +55,31 @@ def _learner(port, **learner) -> Learner:
     return Learner(0, 1, "127.0.0.1", port, config, threads=1)
 
 
-def test_tis_update_equals_the_hand_weighted_update(port, trajectories):
+def test_tis_update_equals_the_hand_weighted_update(port, sampled):
+    trajectories, advantages = sampled
     learner = _learner(port, tis_cap=CAP)
-    minibatches = learner._minibatches(trajectories, 0, 0)  # the learner's own split of the shard
-    stats = learner.train_step(0, trajectories)
-    assert stats["updates"] == 2 and stats["skipped_updates"] == 0
+    minibatches = learner._minibatches(len(trajectories), 0, 0)  # the learner's own split of the shard
+    stats = learner.train_step(0, trajectories, advantages)
+    assert stats.updates == 2 and stats.skipped_updates == 0
 
     # the same two updates by hand: old log-probs recomputed by the initial weights, w = min(exp(old - rollout), C)
     adapter, model, processor = build_policy("qwen2_5_vl", None, {}, seed=SEED)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=WD)
     pad = processor.tokenizer.pad_token_id
-    batches = [learner_batch(adapter, processor, [trajectories[i] for i in mb], MODE) for mb in minibatches]
+    batches = [learner_batch(adapter, processor, [trajectories[i] for i in mb], [advantages[i] for i in mb], MODE)
+               for mb in minibatches]
     olds, all_w = [], []
     with torch.no_grad():
         for b in batches:
-            olds.append(score_responses(adapter, model, b.prompts, b.response_ids, b.response_mask, pad,
-                                        capture=False)[0])
+            olds.append(forward_responses(adapter, model, b.prompts, b.response_ids, b.response_mask, pad,
+                                          capture=False).logprobs)
     for b, old in zip(batches, olds, strict=True):
         keep = b.response_mask.bool()
         w = torch.where(keep, torch.exp(old - b.old_logprobs).clamp(max=CAP), torch.zeros_like(old))
         all_w.append(w[keep])
-        logp = score_responses(adapter, model, b.prompts, b.response_ids, b.response_mask, pad, capture=False)[0]
+        logp = forward_responses(adapter, model, b.prompts, b.response_ids, b.response_mask, pad,
+                                 capture=False).logprobs
         ratio = torch.exp(logp - old)
         adv = b.advantages[:, None]
         per_token = -torch.minimum(ratio * adv, ratio.clamp(0.8, 1.2) * adv) * w
@@ -82,22 +89,22 @@ def test_tis_update_equals_the_hand_weighted_update(port, trajectories):
         torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP)
         opt.step()
 
-    got = dict(learner.engine.module.named_parameters())
+    got = dict(learner.ds_engine.module.named_parameters())
     for name, p in model.named_parameters():
         assert torch.allclose(got[name].detach(), p.detach(), atol=1e-6), name
 
     w = torch.cat(all_w)
     ratio = torch.cat([torch.exp(old - b.old_logprobs)[b.response_mask.bool()] for b, old in zip(batches, olds,
                                                                                                   strict=True)])
-    assert stats["tis_weight_mean"] == pytest.approx(float(w.mean()), abs=1e-6)
-    assert stats["tis_ratio_max"] == pytest.approx(float(ratio.max()), rel=1e-5)
-    assert stats["tis_truncated_fraction"] == pytest.approx(float((ratio > CAP).float().mean()), abs=1e-9)
-    assert 0.1 < stats["tis_truncated_fraction"] < 0.5 and stats["tis_ratio_max"] > CAP  # truncation was active
+    assert stats.extra["tis_weight_mean"] == pytest.approx(float(w.mean()), abs=1e-6)
+    assert stats.extra["tis_ratio_max"] == pytest.approx(float(ratio.max()), rel=1e-5)
+    assert stats.extra["tis_truncated_fraction"] == pytest.approx(float((ratio > CAP).float().mean()), abs=1e-9)
+    assert 0.1 < stats.extra["tis_truncated_fraction"] < 0.5 and stats.extra["tis_ratio_max"] > CAP  # truncation was active
 
     # without TIS the same data trains differently: the weights are what moved the result
     plain = _learner(port)
-    plain_stats = plain.train_step(0, trajectories)
-    assert not any(k.startswith("tis_") for k in plain_stats)
+    plain_stats = plain.train_step(0, trajectories, advantages)
+    assert not any(k.startswith("tis_") for k in plain_stats.extra)
     assert abs(plain.param_digest() - learner.param_digest()) > 1e-3
 
 

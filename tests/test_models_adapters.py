@@ -122,18 +122,15 @@ def test_tiny_qwen_rotary_tells_neighbouring_grid_cells_apart():
 
 def test_sft_cache_key_follows_the_tiny_architecture(monkeypatch):
     """A change of the tiny defaults in code retrains the cached SFT checkpoint instead of reusing the old one."""
-    import sys
     from pathlib import Path
 
     from ral_dist.config import SFTJobConfig, load_config
     from ral_dist.models import qwen_vl
+    from ral_dist.sft.driver import cached_checkpoint_dir
 
     root = Path(__file__).resolve().parents[1]
-    sys.path.insert(0, str(root / "jobs"))
-    import sft
-
     cfg = load_config(SFTJobConfig, root / "jobs" / "configs" / "sft_tiny_cpu.yaml")
-    key = sft.cached_checkpoint_dir(cfg)
-    assert sft.cached_checkpoint_dir(cfg) == key
+    key = cached_checkpoint_dir(cfg)
+    assert cached_checkpoint_dir(cfg) == key
     monkeypatch.setattr(qwen_vl, "TINY_ROPE_THETA", 10000.0)
-    assert sft.cached_checkpoint_dir(cfg) != key
+    assert cached_checkpoint_dir(cfg) != key

@@ -1,5 +1,5 @@
 """A real Prometheus on loopback scrapes a real Ray cluster running the tiny RL job (`ray job submit`); afterwards
-every dashboard panel's query returns data through Prometheus' HTTP API, and every metric ral_dist.metrics
+every dashboard panel's query returns data through Prometheus' HTTP API, and every metric ral_dist.runtime.metrics
 defines is in the scrape.
 
 The Ray head here has its own temp dir and ports, and is stopped through its own process group: other Ray
@@ -31,7 +31,7 @@ from tiny_job import TINY_JOB  # noqa: E402
 
 from dashboards import build, monitor  # noqa: E402
 from dashboards.common import resolve  # noqa: E402
-from ral_dist import metrics  # noqa: E402
+from ral_dist.runtime import metrics  # noqa: E402
 
 RAY = str(Path(sys.executable).parent / "ray")
 SCRAPE_INTERVAL_S = 1
@@ -160,7 +160,7 @@ def test_dashboards_show_a_real_run(metrics_ray_head, prometheus, tmp_path):
     missing = [s for m in metrics.METRICS if m not in metrics.DISTILL_ONLY
                for s in ([m.series + x for x in ("_bucket", "_sum", "_count")] if m.kind == "histogram" else [m.series])
                if s not in names]
-    assert not missing, f"defined in ral_dist.metrics but not scraped: {missing}"
+    assert not missing, f"defined in ral_dist.runtime.metrics but not scraped: {missing}"
 
     # a gauge holds its value between updates: set once before the first step, it is still scraped after the last
     # (Ray alone would let it lapse two report intervals after it was set)

@@ -4,6 +4,7 @@ The teacher here is a randomly initialised larger tiny Qwen2.5-VL (no SFT: the t
 on what the teacher learned, and the test stays fast).
 """
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -15,20 +16,14 @@ from sampled import sampled_trajectories
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
 from ral_dist.config import DistillJobConfig
-from ral_dist.generation import score_responses
-from ral_dist.models import build_policy, get_adapter
+from ral_dist.distill.pairing import TeacherMismatchError, check_pair, fingerprint, side_fingerprint
+from ral_dist.distill.teacher import TeacherActor
+from ral_dist.models import append_response, build_policy, get_adapter
 from ral_dist.models.capture import use_capture_attention
+from ral_dist.models.generation import forward_responses
+from ral_dist.models.prompting import visual_prompt
 from ral_dist.models.qwen_vl import CHAT_TEMPLATE, SPECIAL_TOKENS, QwenVLProcessor
 from ral_dist.models.tokenizer import build_tokenizer
-from ral_dist.prompting import visual_prompt
-from ral_dist.teacher import (
-    KeepLogits,
-    TeacherActor,
-    TeacherMismatchError,
-    check_pair,
-    fingerprint,
-    side_fingerprint,
-)
 
 ROOT = Path(__file__).resolve().parents[1]
 TEACHER_TINY = {"text": {"hidden_size": 192, "intermediate_size": 384, "num_hidden_layers": 6,
@@ -87,12 +82,14 @@ def _config(top_k=None, tiny=TEACHER_TINY, family="qwen2_5_vl") -> dict:
 @pytest.fixture(scope="module")
 def trajectories():
     """2 prompts x 3 responses sampled by a random tiny student, as a rollout worker ships them."""
-    trajs = sampled_trajectories(3, mode=MODE, temperature=0.9, wire_dtype=torch.float16)
+    trajs, _ = sampled_trajectories(3, mode=MODE, temperature=0.9, wire_dtype=torch.float16)
+    ragged = []
     for i, t in enumerate(trajs):  # ragged lengths, as EOS makes them (a random tiny model rarely samples it)
-        n = 8 - i
-        t.response_ids, t.old_logprobs = t.response_ids[:n], t.old_logprobs[:n]
-        t.attention = t.attention[:n, : t.prompt_len + n]
-    return trajs
+        n, b = 8 - i, t.behaviour
+        ragged.append(dataclasses.replace(
+            t, response=dataclasses.replace(t.response, ids=t.response.ids[:n]),
+            behaviour=dataclasses.replace(b, logprobs=b.logprobs[:n], attention=b.attention[:n, : t.prompt.length + n])))
+    return ragged
 
 
 @pytest.fixture(scope="module")
@@ -112,21 +109,23 @@ def test_targets_match_a_direct_capture_row_by_row(trajectories, student_fp):
     lengths = set()
     for t, target in zip(trajectories, targets, strict=True):
         prompts = adapter.encode(processor, [visual_prompt(t.sample, MODE)])
-        assert prompts.prompt_len == t.prompt_len
-        ids, mask = t.response_ids[None], torch.ones_like(t.response_ids)[None]
-        with torch.no_grad(), KeepLogits(model) as kept:
-            logp, attn, _, _ = score_responses(adapter, model, prompts, ids, mask, pad, temperature=0.9)
-        full = torch.log_softmax(kept.logits[0, t.prompt_len - 1 : -1].float() / 0.9, -1)
-        n = len(t.response_ids)
+        assert prompts.prompt_len == t.prompt.length
+        ids, mask = t.response.ids[None], torch.ones_like(t.response.ids)[None]
+        with torch.no_grad():
+            logits = model(**append_response(prompts.inputs, ids, mask, pad)).logits
+            fwd = forward_responses(adapter, model, prompts, ids, mask, pad, temperature=0.9)
+        logp, attn = fwd.logprobs, fwd.attention
+        full = torch.log_softmax(logits[0, t.prompt.length - 1 : -1].float() / 0.9, -1)
+        n = len(t.response.ids)
         lengths.add(n)
-        assert target.attention.dtype == torch.float32 and target.attention.shape == t.attention.shape
+        assert target.attention.dtype == torch.float32 and target.attention.shape == t.behaviour.attention.shape
         assert (target.attention - attn[0]).abs().max() <= 1e-5
         assert torch.allclose(target.attention.sum(-1), torch.ones(n), atol=1e-5)  # rows are distributions
         assert (target.token_logprobs - logp[0]).abs().max() <= 1e-5
         assert target.logprobs.shape == (n, model.config.text_config.vocab_size)
         assert (target.logprobs - full).abs().max() <= 1e-5
         # not the student's rows (random tiny models attend almost uniformly, so the gap is small but clear)
-        assert (target.attention - t.attention.float()).abs().max() > 1e-4
+        assert (target.attention - t.behaviour.attention.float()).abs().max() > 1e-4
     assert len(lengths) > 1  # responses of different lengths were batched together (padding handled)
 
 

@@ -8,16 +8,15 @@ import threading
 import pytest
 import torch
 
-from ral_dist import vllm_config_check
 from ral_dist.config import ConfigError, RLJobConfig
 from ral_dist.data import GroundedVQAConfig
 from ral_dist.data import generate as generate_samples
-from ral_dist.logprob_mismatch import aggregate, mismatch_stats, sampling_logprobs
-from ral_dist.messages import RewardBatch
 from ral_dist.models import get_adapter
-from ral_dist.prompting import visual_prompt
-from ral_dist.vllm_inputs import check_prompt_tokens, collapse_runs, multi_modal_data, vllm_prompt
-from ral_dist.vllm_weight_sync import LOAD_METHOD, push_state_bytes, serialize_state
+from ral_dist.models.prompting import visual_prompt
+from ral_dist.vllm import config_check as vllm_config_check
+from ral_dist.vllm.byte_sync import LOAD_METHOD, push_state_bytes, serialize_state
+from ral_dist.vllm.inputs import check_prompt_tokens, collapse_runs, multi_modal_data, vllm_prompt
+from ral_dist.vllm.logprob_mismatch import aggregate, mismatch_stats, sampling_logprobs
 
 
 def test_idefics3_blocks_collapse_to_one_placeholder_per_image_and_expand_back():
@@ -136,10 +135,9 @@ def test_sampling_logprobs_apply_the_bias_before_the_temperature():
 def test_mismatch_aggregates_token_weighted_over_batches():
     a = mismatch_stats(torch.tensor([[-1.0, -2.0]]), torch.tensor([[-1.1, -2.0]]), torch.tensor([[1, 1]]))
     b = mismatch_stats(torch.tensor([[-1.0, -5.0]]), torch.tensor([[-1.3, 0.0]]), torch.tensor([[1, 0]]))
-    batches = [RewardBatch([], [], [], False, a), RewardBatch([], [], [], False, b), RewardBatch([], [], [], False)]
-    out = aggregate(batches)
+    out = aggregate([a, b, {}])
     assert out["logprob_mismatch"] == pytest.approx(0.4 / 3) and out["logprob_mismatch_max"] == pytest.approx(0.3)
-    assert aggregate([RewardBatch([], [], [], False)]) == {}  # the hf engine reports nothing
+    assert aggregate([{}]) == {}  # the hf engine reports nothing
 
 
 def _vllm_config(**rollout) -> RLJobConfig:
@@ -168,16 +166,16 @@ def test_config_rules_of_the_vllm_engine(monkeypatch):
 
 
 def test_the_main_environment_never_imports_vllm():
-    code = ("import sys; import ral_dist.rollout_worker, ral_dist.vllm_engine, ral_dist.vllm_worker_extension; "
-            "print('vllm' in sys.modules)")  # vllm_engine imports vllm only when an engine is built
+    code = ("import sys; import ral_dist.actors.rollout_worker, ral_dist.vllm.engine, ral_dist.vllm.worker_extension; "
+            "print('vllm' in sys.modules)")  # the engine imports vllm only when an engine is built
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and out.stdout.strip().endswith("False"), out.stderr[-2000:]
 
 
 def test_the_config_selects_the_weight_transport():
-    from ral_dist.weight_sync import BroadcastTransport, ObjectStoreTransport, make_transport
+    from ral_dist.actors.weight_sync import BroadcastTransport, ObjectStoreTransport, make_transport
 
     assert type(make_transport(RLJobConfig())) is ObjectStoreTransport  # hf engine
     assert type(make_transport(_vllm_config())) is ObjectStoreTransport  # vllm, weight_sync: bytes
     t = make_transport(_vllm_config(vllm={"weight_sync": "gloo", "llm_kwargs": {"tensor_parallel_size": 2}}))
-    assert isinstance(t, BroadcastTransport) and (t.weight_sync, t.ranks_per_engine) == ("gloo", 2)
+    assert isinstance(t, BroadcastTransport) and (t.backend, t.ranks_per_engine) == ("gloo", 2)

@@ -1,28 +1,20 @@
-"""Pure-torch RAL algorithms: advantages, losses, attention terms, rewards (see shared/spec/RAL.md)."""
+"""Pure-torch RAL algorithms: advantages, losses, attention terms, reward terms (see shared/spec/RAL.md).
+
+Plain functions on tensors and strings: no Ray, no models, no config. The registry that names the reward terms
+and weighs them is `ral_dist.rewards`."""
 
 from ral_dist.algorithms.advantages import group_advantages
 from ral_dist.algorithms.aggregation import aggregate_tokens, masked_mean
+from ral_dist.algorithms.answer_rewards import exact_match, extract_answer, format_score, normalize_answer
 from ral_dist.algorithms.attention_loss import attention_jsd, ral_attention_loss, row_jsd
+from ral_dist.algorithms.attention_rewards import consistency, sparsity
 from ral_dist.algorithms.distill_loss import DistillTerms, distill_loss, reverse_kl_full, reverse_kl_topk
 from ral_dist.algorithms.jsd import jsd
 from ral_dist.algorithms.policy_loss import clipped_surrogate, k3_kl, tis_weights
 from ral_dist.algorithms.ral_loss import LossTerms, ral_loss
-from ral_dist.algorithms.rewards import (
-    PAPER_REWARD_WEIGHTS,
-    REWARD_TERMS,
-    Score,
-    consistency,
-    exact_match,
-    extract_answer,
-    format_score,
-    normalize_answer,
-    sparsity,
-    total_reward,
-)
+from ral_dist.algorithms.score import Score
 
 __all__ = [
-    "PAPER_REWARD_WEIGHTS",
-    "REWARD_TERMS",
     "DistillTerms",
     "LossTerms",
     "Score",
@@ -46,5 +38,4 @@ __all__ = [
     "row_jsd",
     "sparsity",
     "tis_weights",
-    "total_reward",
 ]

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ral_dist.algorithms.aggregation import AggMode, aggregate_tokens, broadcast_advantages
-from ral_dist.algorithms.attention_loss import row_jsd
+from ral_dist.algorithms.aggregation import AggMode, aggregate_tokens
+from ral_dist.algorithms.attention_loss import attention_jsd, ral_attention_loss
 from ral_dist.algorithms.policy_loss import clipped_surrogate, k3_kl
 
 
@@ -67,9 +67,9 @@ def ral_loss(
 
     have_attn = p_theta is not None and p_old is not None and row_mask is not None
     if have_attn:
-        d = row_jsd(p_theta, p_old)
-        attn = aggregate_tokens(broadcast_advantages(advantages, d) * d, row_mask, mode)
-        attn_jsd_mean = aggregate_tokens(d.detach(), row_mask, mode).item()
+        attn = ral_attention_loss(p_theta, p_old, row_mask, advantages, mode)
+        with torch.no_grad():
+            attn_jsd_mean = attention_jsd(p_theta, p_old, row_mask, mode).item()
     elif lambda_attn == 0:
         attn, attn_jsd_mean = zero, 0.0
     else:

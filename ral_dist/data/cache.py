@@ -1,4 +1,5 @@
-"""The generated dataset of a config, written once to the cache and reused (keyed by the generator config)."""
+"""Generated datasets on disk: :func:`generate_dataset` writes every split of a config, :func:`ensure_dataset`
+does so once into the cache (keyed by the generator config and sizes) and reuses it."""
 
 from __future__ import annotations
 
@@ -10,8 +11,22 @@ from pathlib import Path
 
 from ral_dist.paths import cache_dir
 
-from .dataset_io import generate_dataset
-from .grounded_vqa import GroundedVQAConfig
+from .dataset_io import write_dataset
+from .grounded_vqa import generate
+from .vqa_config import GroundedVQAConfig
+
+
+def generate_dataset(config: GroundedVQAConfig, out_dir: str | Path, sizes: dict[str, int] | None = None
+                     ) -> dict[str, Path]:
+    """Generate and write every split of ``sizes`` (default train 1000 / val 200 / test 200); also writes
+    ``generator_config.json``. Returns split → JSONL path."""
+    sizes = sizes if sizes is not None else {"train": 1000, "val": 200, "test": 200}
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {split: write_dataset(generate(config, split, n), out, split) for split, n in sizes.items()}
+    info = {"generator": "ral_dist.data.grounded_vqa", "config": config.model_dump(), "sizes": dict(sizes)}
+    (out / "generator_config.json").write_text(json.dumps(info, indent=1) + "\n")
+    return paths
 
 
 def ensure_dataset(task: GroundedVQAConfig, sizes: dict[str, int]) -> Path:

@@ -1,4 +1,4 @@
-"""JSONL + PNG datasets.
+"""JSONL + PNG datasets: :func:`write_dataset` writes them, :func:`read_dataset` / :func:`read_jsonl` read them.
 
 Layout: ``out_dir/{split}.jsonl``, one flat JSON object per line with the fields of
 :data:`~ral_dist.data.sample.RECORD_FIELDS` (always present, always the same types: ``images`` a list of relative
@@ -63,20 +63,6 @@ def write_dataset(samples: list[Sample], out_dir: str | Path, split: str) -> Pat
             rec["kind"] = s.kind or ("video" if len(rels) > 1 else "image")
             fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
     return path
-
-
-def generate_dataset(config, out_dir: str | Path, sizes: dict[str, int] | None = None) -> dict[str, Path]:
-    """Generate and write every split of ``sizes`` (default train 1000 / val 200 / test 200); also writes
-    ``generator_config.json``. Returns split → JSONL path."""
-    from .grounded_vqa import generate
-
-    sizes = sizes if sizes is not None else {"train": 1000, "val": 200, "test": 200}
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {split: write_dataset(generate(config, split, n), out, split) for split, n in sizes.items()}
-    info = {"generator": "ral_dist.data.grounded_vqa", "config": config.model_dump(), "sizes": dict(sizes)}
-    (out / "generator_config.json").write_text(json.dumps(info, indent=1) + "\n")
-    return paths
 
 
 # ---------------------------------------------------------------------------------------------- reading

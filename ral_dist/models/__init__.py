@@ -40,7 +40,14 @@ def tiny_architecture(family: str, tiny: dict | None = None) -> dict:
 
 
 __all__ = ["ADAPTERS", "PromptBatch", "VLMAdapter", "VisualPrompt", "adapter_for_checkpoint", "append_response",
-           "build_policy", "get_adapter", "tiny_architecture"]
+           "build_policy", "freeze_vision_tower", "get_adapter", "tiny_architecture"]
+
+
+def freeze_vision_tower(model) -> None:
+    """No gradients for the vision tower (Qwen-VL's ``visual``, Idefics3's ``vision_model``), as the paper trains."""
+    for name, p in model.named_parameters():
+        if "visual" in name or "vision_model" in name:
+            p.requires_grad_(False)
 
 
 def build_policy(family: str, checkpoint: str | None, tiny: dict | None = None, seed: int = 0,

@@ -120,6 +120,10 @@ class VLMAdapter(ABC):
         model.eval()
         return model, self.load_processor(path)
 
+    def temporal_patch(self, processor) -> int:
+        """Frames per visual token-frame (Qwen-VL merges frame pairs; a family that encodes frames one by one: 1)."""
+        return getattr(processor.image_processor, "temporal_patch_size", 1)
+
     def eos_token_ids(self, processor) -> list[int]:
         return [processor.tokenizer.eos_token_id]
 

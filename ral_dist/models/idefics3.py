@@ -67,6 +67,9 @@ class Idefics3Adapter(VLMAdapter):
                               image_token_id=tok.convert_tokens_to_ids("<image>"),
                               pad_token_id=tok.pad_token_id, **overrides)
 
+    def temporal_patch(self, processor) -> int:
+        return 1  # video frames are encoded as separate images
+
     def language_layers(self, model):
         return model.model.text_model.layers
 

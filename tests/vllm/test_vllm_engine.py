@@ -6,13 +6,13 @@ import math
 import pytest
 import torch
 
+from ral_dist.actors.rollout_worker import RolloutWorker
 from ral_dist.config import RLJobConfig
 from ral_dist.data import GroundedVQAConfig
 from ral_dist.data import generate as generate_samples
-from ral_dist.generation import score_responses
 from ral_dist.models.capture import use_capture_attention
-from ral_dist.prompting import visual_prompt
-from ral_dist.rollout_worker import RolloutWorker
+from ral_dist.models.generation import forward_responses
+from ral_dist.models.prompting import visual_prompt
 
 CONFIG = {
     "model": {"family": "idefics3", "checkpoint": None},
@@ -27,7 +27,7 @@ MAX_NEW = 8
 def worker():
     w = RolloutWorker(0, RLJobConfig.model_validate(CONFIG).model_dump(mode="json"))
     yield w
-    w.engine.shutdown()
+    w.vllm_engine.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -47,42 +47,43 @@ def direct_replica(worker):
 
 
 def test_rollout_maps_and_logprobs_equal_a_direct_capture(worker, samples):
-    trajs = worker._rollout(0, samples, [0, 1])  # checks vLLM's prompt tokens == our encoding, or raises
-    assert len(trajs) == 2 * 3 and {t.group for t in trajs} == {0, 1}
+    trajs = worker._sample(0, samples, [0, 1])  # checks vLLM's prompt tokens == our encoding, or raises
+    assert len(trajs) == 2 * 3 and {t.prompt.group for t in trajs} == {0, 1}
     model, mode = direct_replica(worker), worker.cfg.data.prompt_mode
     pad = worker.processor.tokenizer.pad_token_id
     for t in trajs:
         single = worker.adapter.encode(worker.processor, [visual_prompt(t.sample, mode)])
-        n = len(t.response_ids)
-        assert single.prompt_len == t.prompt_len
+        n = len(t.response.ids)
+        assert single.prompt_len == t.prompt.length
         with torch.no_grad():
-            lp, attn, _, _ = score_responses(worker.adapter, model, single, t.response_ids[None],
-                                             torch.ones(1, n, dtype=torch.long), pad, temperature=0.9)
-        assert t.attention.dtype == torch.float32 and t.attention.shape == attn[0].shape
-        assert (t.attention - attn[0]).abs().max() <= 1e-5
-        assert torch.allclose(t.old_logprobs, lp[0], atol=1e-5)
+            fwd = forward_responses(worker.adapter, model, single, t.response.ids[None],
+                                    torch.ones(1, n, dtype=torch.long), pad, temperature=0.9)
+        attn = fwd.attention
+        assert t.behaviour.attention.dtype == torch.float32 and t.behaviour.attention.shape == attn[0].shape
+        assert (t.behaviour.attention - attn[0]).abs().max() <= 1e-5
+        assert torch.allclose(t.behaviour.logprobs, fwd.logprobs[0], atol=1e-5)
     # vLLM's own log-probs against the replica's, on the same sampling distribution (fp32: numerics only)
-    stats = worker._engine_stats()
-    assert stats["logprob_tokens"] == sum(len(t.response_ids) for t in trajs)
+    stats = worker.vllm_engine.stats
+    assert stats["logprob_tokens"] == sum(len(t.response.ids) for t in trajs)
     assert stats["logprob_abs_diff_sum"] / stats["logprob_tokens"] < 1e-4 and stats["logprob_abs_diff_max"] < 1e-3
 
 
 def test_sync_moves_the_engine_and_pushing_the_old_weights_back_restores_it(worker, samples):
     prompt = visual_prompt(samples[0], worker.cfg.data.prompt_mode)
-    before = worker.engine.greedy_parity(prompt, MAX_NEW)
+    before = worker.vllm_engine.greedy_parity(prompt, MAX_NEW)
     assert before["match"], before
     old = {k: v.clone() for k, v in worker.model.state_dict().items()}
     gen = torch.Generator().manual_seed(0)
     new = {k: v + 0.05 * torch.randn(v.shape, generator=gen) for k, v in old.items()}
 
     worker.update_weights(1, new)
-    after = worker.engine.greedy_parity(prompt, MAX_NEW)  # same image: a stale encoder cache would show here
+    after = worker.vllm_engine.greedy_parity(prompt, MAX_NEW)  # same image: a stale encoder cache would show here
     assert after["match"], after
     assert after["vllm"] != before["vllm"]  # the new weights really reached the engine
     assert math.isfinite(worker.param_digest())  # the job's verify_sync path: parity on the fixed prompt
 
     worker.update_weights(2, old)
-    restored = worker.engine.greedy_parity(prompt, MAX_NEW)
+    restored = worker.vllm_engine.greedy_parity(prompt, MAX_NEW)
     assert restored["vllm"] == before["vllm"] and restored["match"]
 
 
@@ -90,18 +91,18 @@ def test_a_bad_sync_is_retried_then_fails_loudly_and_the_engine_still_serves(wor
     state = worker.model.state_dict()
     broken = {k: v for k, v in state.items() if not k.endswith("lm_head.weight")}
     with pytest.raises(RuntimeError, match="failed after 2 attempts.*not in the new weights"):
-        worker.engine.load_state_dict(9, broken)
+        worker.vllm_engine.load_state_dict(9, broken)
     worker.update_weights(3, state)
     prompt = visual_prompt(samples[1], worker.cfg.data.prompt_mode)
-    assert worker.engine.greedy_parity(prompt, MAX_NEW)["match"]
+    assert worker.vllm_engine.greedy_parity(prompt, MAX_NEW)["match"]
 
 
 def test_attention_on_learner_returns_vllm_logprobs_and_no_maps(worker, samples):
     prompts = [visual_prompt(s, worker.cfg.data.prompt_mode) for s in samples]
-    gen = worker.engine.generate(prompts, num_samples=2, max_new_tokens=MAX_NEW, seed=1, score=False,
+    gen = worker.vllm_engine.generate(prompts, num_samples=2, max_new_tokens=MAX_NEW, seed=1, replica=False,
                                  capture_question=True)
     assert gen.attention.shape[:2] == gen.response_ids.shape and gen.attention.isnan().all()
-    assert (gen.logprobs[gen.response_mask.bool()] < 0).all() and worker.engine.stats == {}
+    assert (gen.logprobs[gen.response_mask.bool()] < 0).all() and worker.vllm_engine.stats == {}
 
 
 def test_the_nccl_mode_fails_early_without_cuda_and_gloo_selects_its_engine():
@@ -110,14 +111,15 @@ def test_the_nccl_mode_fails_early_without_cuda_and_gloo_selects_its_engine():
     from vllm.distributed.weight_transfer.factory import WeightTransferEngineFactory
 
     from ral_dist.config import ConfigError
-    from ral_dist.vllm_nccl_sync import GLOO_BACKEND, GlooWeightTransferEngine, _on_engine, llm_kwargs
+    from ral_dist.vllm.broadcast_sync import GLOO_BACKEND, GlooWeightTransferEngine, llm_kwargs
+    from ral_dist.vllm.engine import VLLMEngine
 
     assert not torch.cuda.is_available()
     with pytest.raises(ConfigError, match=r"rollout.vllm.weight_sync=nccl needs CUDA"):
         llm_kwargs("nccl")
     kwargs = llm_kwargs("gloo")
     assert kwargs["weight_transfer_config"].backend == GLOO_BACKEND
-    assert kwargs["worker_extension_cls"] == "ral_dist.vllm_nccl_sync.GlooWeightUpdateExtension"
+    assert kwargs["worker_extension_cls"] == "ral_dist.vllm.broadcast_sync.GlooWeightUpdateExtension"
     assert WeightTransferEngineFactory._registry[GLOO_BACKEND]() is GlooWeightTransferEngine
 
     calls = []
@@ -135,5 +137,7 @@ def test_the_nccl_mode_fails_early_without_cuda_and_gloo_selects_its_engine():
 
     llm = FakeLLM()
     llm.llm_engine = llm
-    _on_engine(type("Worker", (), {"engine": type("Engine", (), {"llm": llm})})(), "finish_weight_update")
+    engine = VLLMEngine.__new__(VLLMEngine)  # only its llm: the receiving side of one protocol call
+    engine.llm = llm
+    engine.weight_transfer("finish_weight_update")
     assert calls == ["finish", "encoder", "prefix"]

@@ -1,0 +1,295 @@
+"""The controller of an RL run: placement group, actors, the step loop, advantages, weight sync, checkpoints.
+
+It moves ObjectRefs, not tensors: trajectories go from rollout workers to reward workers and learners through
+the object store; the controller only fetches the small reward results it needs for the group advantages.
+Modes: ``sync`` (rollout k+1 starts after the weights of step k are synced) and ``one_step_off`` (rollout k+1
+overlaps learning of step k, with the weights of step k-1: staleness bound 1). The distillation job's controller
+(`ral_dist.distill.controller`) adds its teachers through the ``_extra_*`` hooks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import socket
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import ray
+import torch
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from ral_dist.actors.learner import Learner
+from ral_dist.actors.reward_worker import RewardWorker
+from ral_dist.actors.rollout_worker import RolloutWorker
+from ral_dist.actors.weight_sync import make_transport
+from ral_dist.algorithms import group_advantages
+from ral_dist.config import RLJobConfig
+from ral_dist.data import Sample
+from ral_dist.messages import LearnerStepStats, PhaseTimes, RewardBatch, RewardResult
+from ral_dist.runtime import metrics
+from ral_dist.runtime.ray_cluster import wait_all
+from ral_dist.runtime.run_dir import RunDir
+from ral_dist.runtime.schedule import batch_indices, format_eta
+from ral_dist.vllm.logprob_mismatch import aggregate as logprob_mismatch
+
+# Failures a run recovers from by restarting its actors from the last checkpoint.
+RECOVERABLE = (ray.exceptions.RayActorError, ray.exceptions.RayTaskError, TimeoutError)
+
+
+@ray.remote(num_cpus=0)
+def _free_address() -> tuple[str, int]:
+    """An address for the learners' torch.distributed rendezvous, on the node of learner rank 0."""
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return ray.util.get_node_ip_address(), s.getsockname()[1]
+
+
+def _nanmean(values: list[float]) -> float:
+    finite = [v for v in values if not math.isnan(v)]
+    return float(np.mean(finite)) if finite else float("nan")
+
+
+def _bundle(cpus: float, gpus: float = 0) -> dict:
+    return {"CPU": cpus, **({"GPU": gpus} if gpus else {})}
+
+
+class Controller:
+    learner_class = Learner
+
+    def __init__(self, cfg: RLJobConfig, run_dir: RunDir, train: list[Sample], heatmap_samples: list[Sample],
+                 attempt: int = 0):
+        self.cfg = cfg
+        self.attempt = attempt  # recoveries so far; names of a recovered controller's actors carry it
+        self.run = run_dir
+        self.train = train
+        self.heatmap_samples = heatmap_samples
+        self.transport = make_transport(cfg)
+        self.version = 0
+        self.weights: list = []  # [(version, state ref)] once the learner has published weights
+        self.pg = None
+
+    # ------------------------------------------------------------------ actors
+    def start(self) -> None:
+        c = self.cfg
+        lc, rc, wc = c.learner, c.rollout, c.reward
+        bundles = ([_bundle(lc.cpus_per_rank, lc.gpus_per_rank)] * lc.num_ranks
+                   + [_bundle(rc.cpus_per_worker, rc.gpus_per_worker)] * rc.num_workers
+                   + [_bundle(wc.cpus_per_worker)] * wc.num_workers + self._extra_bundles())
+        self.pg = placement_group(bundles, strategy="PACK")
+        wait_all([self.pg.ready()], f"placement group {bundles}", c.run.timeout_s)
+
+        def on(index: int) -> dict:
+            return {"scheduling_strategy": PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=index)}
+
+        config = c.model_dump(mode="json")
+        # Rollout and reward workers read the RL sections only (the distillation job's config adds its own).
+        worker_config = {k: v for k, v in config.items() if k in RLJobConfig.model_fields}
+        prefix = f"ral-{self.run.path.name}" + (f"-r{self.attempt}" if self.attempt else "")
+        addr, port = wait_all([_free_address.options(**on(0)).remote()], "a rendezvous port", c.run.timeout_s)[0]
+        learner_cls = ray.remote(self.learner_class)
+        self.learners = [
+            learner_cls.options(name=f"{prefix}-learner-{r}", num_cpus=lc.cpus_per_rank, num_gpus=lc.gpus_per_rank,
+                                **on(r)).remote(r, lc.num_ranks, addr, port, config)
+            for r in range(lc.num_ranks)]
+        rollout_cls = ray.remote(max_restarts=3, max_task_retries=2)(RolloutWorker)
+        self.rollouts = [
+            rollout_cls.options(name=f"{prefix}-rollout-{i}", num_cpus=rc.cpus_per_worker,
+                                num_gpus=rc.gpus_per_worker, **on(lc.num_ranks + i)).remote(i, worker_config)
+            for i in range(rc.num_workers)]
+        reward_cls = ray.remote(max_restarts=3, max_task_retries=2)(RewardWorker)
+        self.rewarders = [
+            reward_cls.options(name=f"{prefix}-reward-{i}", num_cpus=wc.cpus_per_worker,
+                               **on(lc.num_ranks + rc.num_workers + i)).remote(worker_config)
+            for i in range(wc.num_workers)]
+        self._start_extra(on, lc.num_ranks + rc.num_workers + wc.num_workers, prefix, config)
+        wait_all([learner.param_digest.remote() for learner in self.learners], "learners to start", c.run.timeout_s)
+        wait_all([w.get_version.remote() for w in self.rollouts], "rollout workers to start", c.run.timeout_s)
+        self.sync_bytes = wait_all([self.rollouts[0].state_nbytes.remote()], "rollout worker", c.run.timeout_s)[0]
+        self.transport.connect(self.learners, self.rollouts, c.run.timeout_s)  # broadcast modes: form the group
+
+    def _extra_bundles(self) -> list[dict]:
+        """Bundles of a subclass's further actors, placed after the RL roles' in the same placement group."""
+        return []
+
+    def _start_extra(self, on, first_bundle: int, prefix: str, config: dict) -> None:
+        """Start those actors (``on(i)``: the scheduling options of bundle i) and wait until they are up."""
+
+    def _learner_inputs(self, step: int) -> dict:
+        """Further inputs of this step's ``train_step`` (a subclass's learner takes them in `attach_targets`)."""
+        return {}
+
+    def _after_learn(self, step: int) -> dict:
+        """A subclass's further fields of the step record, once the learners have returned."""
+        return {}
+
+    def stop(self) -> None:
+        for actor in getattr(self, "learners", []) + getattr(self, "rollouts", []) + getattr(self, "rewarders", []):
+            ray.kill(actor)
+        if self.pg is not None:
+            remove_placement_group(self.pg)
+
+    # ------------------------------------------------------------------ one step's pieces
+    def _launch_rollout(self, step: int) -> tuple[list, float]:
+        idx = batch_indices(step, self.cfg.rollout.prompts_per_step, len(self.train), self.cfg.run.seed)
+        chunks = np.array_split(np.arange(len(idx)), len(self.rollouts))
+        refs = [w.rollout.remote(step, [self.train[idx[g]] for g in chunk], chunk.tolist(), self.weights)
+                for w, chunk in zip(self.rollouts, chunks, strict=True) if len(chunk)]
+        return refs, time.time()
+
+    def _launch_step(self, step: int) -> tuple[list, list, float]:
+        """The step's rollout calls and, chained on each, its reward call: a worker's batch is scored as soon as it
+        lands, beside the other workers' sampling."""
+        traj_refs, t_launch = self._launch_rollout(step)
+        reward_refs = [self.rewarders[i % len(self.rewarders)].reward_batch.remote(ref)
+                       for i, ref in enumerate(traj_refs)]
+        return traj_refs, reward_refs, t_launch
+
+    def _sync_weights(self) -> tuple[float, int]:
+        state_refs = [learner.state_dict.remote() for learner in self.learners]  # every rank takes part (ZeRO-3 gathers)
+        report = self.transport.push(self.version, state_refs[0], self.rollouts, self.cfg.run.timeout_s,
+                                     nbytes=self.sync_bytes)
+        self.weights = [(self.version, state_refs[0])]  # kept alive here: a restarted worker loads it
+        wait_all(state_refs[1:], "learner ranks to release the weights", self.cfg.run.timeout_s)
+        return report.seconds, report.bytes
+
+    def weights_in_sync(self) -> bool:
+        """Every rollout worker holds exactly the learner's weights (compared by a float64 parameter sum)."""
+        digests = wait_all([self.learners[0].param_digest.remote()] + [w.param_digest.remote() for w in self.rollouts],
+                           "parameter digests", self.cfg.run.timeout_s)
+        return all(d == digests[0] for d in digests[1:])
+
+    def _save_checkpoint(self, step: int) -> Path:
+        path = self.run.checkpoint_dir(step)
+        wait_all([learner.save_checkpoint.remote(str(path)) for learner in self.learners], f"checkpoint of step {step}",
+                 self.cfg.run.timeout_s)
+        self.run.write_checkpoint_state(path, {"step": step, "version": self.version, "next_step": step + 1})
+        return path
+
+    def restore(self, checkpoint: Path) -> int:
+        versions = wait_all([learner.load_checkpoint.remote(str(checkpoint)) for learner in self.learners],
+                            f"learners to load {checkpoint}", self.cfg.run.timeout_s)
+        self.version = versions[0]
+        self._sync_weights()
+        return json.loads((checkpoint / "controller_state.json").read_text())["next_step"]
+
+    def _heatmaps(self, step: int) -> None:
+        if not self.heatmap_samples:
+            return
+        images = wait_all([self.rollouts[0].heatmaps.remote(self.heatmap_samples)], "heatmaps",
+                          self.cfg.run.timeout_s)[0]
+        for sample_id, png in images:
+            self.run.write_heatmap(step, sample_id, png)
+
+    def _advantages(self, results: list[RewardResult]) -> tuple[list[float], int]:
+        """Group advantages (RAL.md §2); a non-finite reward gets advantage 0. Also the count of those."""
+        rewards = torch.tensor([r.total for r in results], dtype=torch.float32)
+        finite = torch.isfinite(rewards)
+        advantages = group_advantages(torch.where(finite, rewards, torch.zeros_like(rewards)),
+                                      self.cfg.rollout.group_size)
+        return torch.where(finite, advantages, torch.zeros_like(advantages)).tolist(), int((~finite).sum())
+
+    # ------------------------------------------------------------------ the loop
+    def run_steps(self, start_step: int = 0) -> list[dict]:
+        c = self.cfg
+        history = []
+        pending = self._launch_step(start_step)
+        t_run = time.time()
+        metrics.record_run_start(c.run.steps)
+        for step in range(start_step, c.run.steps):
+            record, phases, pending = self._run_step(step, pending)
+            history.append(record)
+            self.run.append_metrics(record)
+            metrics.record_step(record, phases, pending[0] if step + 1 < c.run.steps else [])
+            eta = (time.time() - t_run) / (step + 1 - start_step) * (c.run.steps - step - 1)
+            print(self._progress_line(record, eta), flush=True)
+            if (step + 1) % c.run.heatmap_every == 0 or step == start_step:
+                self._heatmaps(step)
+            if (step + 1) % c.run.checkpoint_every == 0 or step + 1 == c.run.steps:
+                self._save_checkpoint(step)
+        return history
+
+    def _run_step(self, step: int, pending: tuple) -> tuple[dict, PhaseTimes, tuple]:
+        """One step: rewards in, advantages, the learners' update, weight sync; the step record, its phase times and
+        the next step's launched calls."""
+        c, timeout = self.cfg, self.cfg.run.timeout_s
+        t_step = time.time()
+        traj_refs, reward_refs, t_launch = pending
+        wait_all(traj_refs, f"rollouts of step {step}", timeout)
+        # launch → observed done (in one_step_off this overlaps the previous learn), and the time we blocked
+        rollout_s, rollout_wait_s = time.time() - t_launch, time.time() - t_step
+        t0 = time.time()  # reward_s: the wait for rewards once every rollout is in
+        batches = wait_all(reward_refs, f"rewards of step {step}", timeout)
+        results = [r for b in batches for r in b.results]
+        accounting = self._account(step, batches, len(results))
+        if not results:
+            raise RuntimeError(f"step {step}: every prompt was skipped: {accounting['skipped']}")
+        reward_s = time.time() - t0
+        advantages, nonfinite = self._advantages(results)
+
+        if c.run.mode == "one_step_off" and step + 1 < c.run.steps:
+            pending = self._launch_step(step + 1)  # samples with the weights of this step's start
+        t0 = time.time()
+        stats = wait_all([learner.train_step.remote(step, traj_refs, advantages, **self._learner_inputs(step))
+                          for learner in self.learners], f"learner step {step}", timeout)[0]
+        learn_s = time.time() - t0
+        self.version += 1
+        sync_s, sync_bytes = self._sync_weights()
+        in_sync = self.weights_in_sync() if c.run.verify_sync else None
+        if c.run.mode == "sync" and step + 1 < c.run.steps:
+            pending = self._launch_step(step + 1)
+
+        phases = PhaseTimes(rollout_s, rollout_wait_s, reward_s, learn_s, sync_s, time.time() - t_step)
+        record = self._record(step, results, stats, phases, sync_bytes, nonfinite) | accounting | self._after_learn(step)
+        if in_sync is not None:
+            record["weights_in_sync"] = in_sync
+        return record, phases, pending
+
+    def _account(self, step: int, batches: list[RewardBatch], n_results: int) -> dict:
+        """Every prompt scheduled this step is either trained on once or skipped with a reason."""
+        G = self.cfg.rollout.group_size
+        chunks = [b.accounting for b in batches]
+        scheduled = [g for a in chunks for g in a.groups]
+        skipped = {s.group: s for a in chunks for s in a.skipped}
+        trained = n_results // G
+        if sorted(scheduled) != list(range(self.cfg.rollout.prompts_per_step)) or \
+                trained + len(skipped) != len(scheduled) or n_results % G:
+            raise RuntimeError(f"step {step}: accounting broken: {len(scheduled)} prompts scheduled, {trained} "
+                               f"trained, {len(skipped)} skipped, {n_results} trajectories for G={G}")
+        restarted = sum(a.worker_restarted for a in chunks)
+        if restarted:
+            print(f"[ral] step {step}: {restarted} rollout batch(es) ran on a worker Ray had restarted; it loaded "
+                  f"weights v{self.version} before sampling", flush=True)
+        return {
+            "prompts_scheduled": len(scheduled), "prompts_trained": trained, "prompts_skipped": len(skipped),
+            "skipped": [{"group": g, "id": s.sample_id, "reason": s.reason} for g, s in sorted(skipped.items())],
+            "rollout_retries": restarted,
+            **logprob_mismatch([a.engine_stats for a in chunks]),  # vllm engine: logprob_mismatch(_max)
+        }
+
+    def _record(self, step: int, results: list[RewardResult], stats: LearnerStepStats, phases: PhaseTimes,
+                sync_bytes: int, nonfinite: int) -> dict:
+        notes = Counter(f"{term}:{why}" for r in results for term, why in r.notes.items())
+        record = {
+            "step": step, "policy_version": self.version, "n_trajectories": len(results),
+            "reward_mean": float(np.mean([r.total for r in results])),
+            "accuracy": float(np.mean([r.accuracy for r in results])),
+            "attention_on_target": _nanmean([r.attention_on_target for r in results]),
+            **{f"reward_{k}": float(np.mean([r.terms[k] for r in results])) for k in results[0].terms},
+            **stats.as_record(), "nonfinite_rewards": nonfinite, **dataclasses.asdict(phases),
+            "sync_bytes": sync_bytes, "reward_notes": dict(notes),
+        }
+        if stats.warnings:
+            record["warnings"] = stats.warnings
+        return record
+
+    def _progress_line(self, r: dict, eta: float) -> str:
+        return (f"[ral] step {r['step'] + 1}/{self.cfg.run.steps} v{r['policy_version']} "
+                f"reward {r['reward_mean']:.3f} (task {r.get('reward_task', 0):.3f} fmt {r.get('reward_format', 0):.3f}) "
+                f"acc {r['accuracy']:.3f} kl {r['kl']:.4f} attn_jsd {r['attn_jsd']:.2e} "
+                f"| rollout {r['rollout_s']:.1f}s reward {r['reward_s']:.1f}s learn {r['learn_s']:.1f}s "
+                f"sync {r['sync_s']:.2f}s | ETA {format_eta(eta)}")

@@ -1,0 +1,150 @@
+"""The job driver shared by the RL and distillation jobs: command line, config, run directory, resume, recovery.
+
+``jobs/ral_grpo.py`` and ``jobs/ral_distill.py`` are thin wrappers that call `main` with their `JobKind` and the
+checkout root (relative config paths, ``sft:`` references and the default ``runs/`` directory are resolved against
+it). The config is validated, and every rule that can be checked without actors is checked, before Ray is
+connected to; a failed step is retried from the last checkpoint with fresh actors, a bounded number of times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ral_dist.config import ConfigError, RLJobConfig, load_config
+from ral_dist.vllm.config_check import check_vllm_config
+
+
+@dataclass(frozen=True)
+class JobKind:
+    """What distinguishes one job from another for the driver."""
+
+    name: str  # prefix of the default run directory
+    config_class: type[RLJobConfig]
+    default_config: str  # relative to the checkout root
+    controller: Callable[[], type]  # the controller class, imported once the config is valid (a bad one fails fast)
+    prepare: Callable[[RLJobConfig, Path], RLJobConfig]  # resolves sft: references, refuses what cannot run
+
+
+def resolve_student(cfg: RLJobConfig, root: Path) -> RLJobConfig:
+    """The config with ``model.checkpoint: sft:CONFIG`` resolved to the cached SFT checkpoint (trained if missing)."""
+    from ral_dist.sft.driver import resolve_sft
+
+    model = cfg.model.model_copy(update={"checkpoint": resolve_sft(cfg.model.checkpoint, root)})
+    return cfg.model_copy(update={"model": model})
+
+
+def _rl_controller() -> type:
+    from ral_dist.actors.controller import Controller
+
+    return Controller
+
+
+RL_JOB = JobKind("ral", RLJobConfig, "jobs/configs/tiny_cpu.yaml", _rl_controller, resolve_student)
+
+
+def parse_args(argv: list[str] | None, doc: str | None, default_config: Path) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default=str(default_config))
+    p.add_argument("--steps", type=int, default=None, help="override run.steps")
+    p.add_argument("--run-dir", default=None, help="where to write the run (default runs/<job>-<time>)")
+    p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue a run from its last checkpoint")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    return p.parse_args(argv)
+
+
+def load_job_config(args: argparse.Namespace, kind: JobKind, root: Path) -> tuple[RLJobConfig, Path]:
+    """The validated config (a resumed run's own config.yaml, with the overrides) and the run directory."""
+    overrides = args.overrides + ([f"run.steps={args.steps}"] if args.steps else [])
+    if args.resume:
+        run_dir = Path(args.resume)
+        cfg = load_config(kind.config_class, run_dir / "config.yaml", overrides)
+    else:
+        cfg = load_config(kind.config_class, args.config, overrides)
+        run_dir = Path(args.run_dir) if args.run_dir else root / "runs" / f"{kind.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    check_vllm_config(cfg)  # vllm installed; attention_on=learner needs learner.old_policy=recompute; weight sync
+    return cfg, run_dir
+
+
+def _load_data(cfg: RLJobConfig, run_dir):
+    """(training samples, heatmap samples); every skipped row is written to the run directory with its reason."""
+    from ral_dist.data import read_dataset
+    from ral_dist.data.cache import ensure_dataset
+    from ral_dist.data.question_limits import limit_questions
+
+    data_dir = Path(cfg.data.dir) if cfg.data.dir else ensure_dataset(cfg.data.task, cfg.data.sizes)
+    train, skipped = read_dataset(data_dir, "train")
+    train, too_long, truncated = limit_questions(train, cfg.data.max_question_chars, cfg.data.long_questions)
+    skipped += too_long
+    val, _ = read_dataset(data_dir, "val")
+    if skipped or truncated:
+        run_dir.write_skipped_rows(skipped)
+        print(f"[ral] skipped {len(skipped)} training rows, truncated {truncated} questions; every skipped row "
+              f"with its reason in {run_dir.path / 'skipped_rows.jsonl'}: "
+              + "; ".join(f"line {s.line} ({s.id}): {s.reason}" for s in skipped[:10]), flush=True)
+    if not train:
+        raise SystemExit(f"error: no usable training rows in {data_dir}")
+    return train, val[: cfg.run.heatmap_prompts], data_dir
+
+
+def _run_with_recovery(controller_cls: type, cfg: RLJobConfig, run_dir, train: list, heatmap_samples: list,
+                       resume: bool) -> None:
+    from ral_dist.actors.controller import RECOVERABLE
+
+    for attempt in range(cfg.run.max_recoveries + 1):
+        ctl = controller_cls(cfg, run_dir, train, heatmap_samples, attempt)
+        try:
+            ctl.start()
+            start_step = 0
+            if resume:
+                checkpoint = run_dir.latest_checkpoint()
+                if checkpoint is None:
+                    raise SystemExit(f"error: {run_dir.path} has no checkpoint to resume from")
+                start_step = ctl.restore(checkpoint)
+                run_dir.truncate_metrics(start_step)
+                print(f"[ral] resumed from {checkpoint} at step {start_step}", flush=True)
+            ctl.run_steps(start_step)
+            return
+        except RECOVERABLE as exc:
+            # A learner rank (or a whole actor group) died, or a wait timed out: start fresh actors from the
+            # last checkpoint rather than hang, a bounded number of times.
+            if attempt == cfg.run.max_recoveries or run_dir.latest_checkpoint() is None:
+                raise
+            print(f"[ral] step failed ({type(exc).__name__}: {str(exc)[:300]}); recovering from the last "
+                  f"checkpoint (recovery {attempt + 1}/{cfg.run.max_recoveries})", flush=True)
+            resume = True
+        finally:
+            ctl.stop()
+
+
+def main(kind: JobKind, root: Path, argv: list[str] | None = None, doc: str | None = None) -> Path:
+    """Run a job to its last step (or resume it); returns the run directory."""
+    args = parse_args(argv, doc, root / kind.default_config)
+    try:
+        cfg, run_path = load_job_config(args, kind, root)
+    except ConfigError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    if cfg.learner.lambda_attn > 0 and cfg.updates_per_rollout_batch == 1:
+        print("[ral] WARNING: one update per rollout batch silences the attention term (RAL.md §3): "
+              "set learner.num_minibatches >= 2 or learner.ppo_epochs >= 2", flush=True)
+
+    import ray
+
+    from ral_dist.runtime.ray_cluster import connect
+    from ral_dist.runtime.run_dir import RunDir
+
+    cfg = kind.prepare(cfg, root)
+    controller_cls = kind.controller()
+    run_dir = RunDir(run_path)
+    train, heatmap_samples, data_dir = _load_data(cfg, run_dir)
+    if not args.resume:
+        run_dir.write_config(cfg)
+    connect()
+    print(f"[ral] run dir {run_dir.path} | Ray job {ray.get_runtime_context().get_job_id()} | data {data_dir} "
+          f"({len(train)} train)", flush=True)
+    _run_with_recovery(controller_cls, cfg, run_dir, train, heatmap_samples, resume=bool(args.resume))
+    print(f"[ral] done: {run_dir.path} (metrics.jsonl, heatmaps/, checkpoints/)", flush=True)
+    return run_dir.path

@@ -1,0 +1,1 @@
+"""Greedy evaluation of a policy (reward terms, grounding, per question type) and attention heatmaps."""

@@ -1,0 +1,89 @@
+"""What a rollout worker sends: trajectories (one sampled response each) and the accounting of its chunk.
+
+Plain frozen dataclasses of CPU tensors, pickled through Ray's object store; a record that crossed the store is
+never changed in place (the learner replaces a whole part with `dataclasses.replace`). Everything is stored
+without padding: positions index the unpadded sequence (prompt, then response), so any batch layout can be
+rebuilt from it (`ral_dist.messages.collate`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from ral_dist.data import Sample
+
+
+@dataclass(frozen=True)
+class EncodedPrompt:
+    """The prompt a response answers, as the rollout worker's adapter encoded it."""
+
+    sample: Sample  # the dataset sample (frames, question, answer, regions)
+    group: int  # index of the prompt within the step; the G responses of a prompt share it
+    length: int  # P, tokens of the unpadded prompt
+    visual_positions: torch.Tensor  # [V] the visual tokens, order (t, row, col)
+    question_positions: torch.Tensor  # [Q] the question's text tokens
+    visual_grid: tuple[int, int, int]  # (t, rows, cols) of the visual tokens
+    temporal_patch: int  # frames per visual token-frame
+
+
+@dataclass(frozen=True)
+class Response:
+    ids: torch.Tensor  # [R] sampled tokens up to and including EOS
+    text: str  # decoded, special tokens dropped
+    truncated: bool  # hit max_new_tokens without EOS
+
+
+@dataclass(frozen=True)
+class BehaviourPolicy:
+    """What the weights that sampled the response computed for it (RAL.md §1, §3: p_old and the old log-probs)."""
+
+    version: int  # policy version of those weights
+    logprobs: torch.Tensor  # [R] fp32, of logits / temperature
+    attention: torch.Tensor  # [R, P + R] attention policy rows of the response tokens (rollout.attention_wire_dtype)
+    question_attention: torch.Tensor  # [Q, P] rows of the question tokens (the consistency reward)
+
+
+@dataclass(frozen=True)
+class Trajectory:
+    prompt: EncodedPrompt
+    response: Response
+    behaviour: BehaviourPolicy
+
+    @property
+    def sample(self) -> Sample:
+        return self.prompt.sample
+
+
+@dataclass(frozen=True)
+class SkippedPrompt:
+    group: int
+    sample_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class ChunkAccounting:
+    """What became of the prompts one rollout call was given; passed on with the chunk's rewards."""
+
+    groups: list[int]  # the prompt groups of the chunk
+    skipped: list[SkippedPrompt] = field(default_factory=list)  # prompts that could not be processed, with why
+    worker_restarted: bool = False  # the worker had been restarted by Ray before this call ran
+    engine_stats: dict[str, float] = field(default_factory=dict)  # vllm engine: log-prob mismatch sums
+
+
+@dataclass(frozen=True)
+class RolloutBatch:
+    """One rollout worker's share of a step: G trajectories per prompt it could process."""
+
+    trajectories: list[Trajectory]
+    accounting: ChunkAccounting
+
+
+def flatten(batches: list) -> list[Trajectory]:
+    """Trajectories of RolloutBatch objects (or plain lists of trajectories), in order."""
+    out: list[Trajectory] = []
+    for item in batches:
+        out.extend(item.trajectories if isinstance(item, RolloutBatch) else item)
+    return out

@@ -1,0 +1,165 @@
+"""Responses of a policy with the log-probs and attention rows of its weights: sampled, or given.
+
+`generate` (rollout worker: sampling, G per prompt; evaluation: greedy) takes both from the sampling passes
+themselves. `forward_responses` is one forward over prompt + given responses that gives the same numbers: the
+learner's current policy, the reference, the teacher, and the replica beside a vLLM engine. Log-probs are of the
+logits divided by the sampling temperature; the rows are the attention policy of RAL.md §1 from the last LM layer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+
+import torch
+from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
+
+from ral_dist.models.base import PromptBatch, VisualPrompt, VLMAdapter, append_response
+from ral_dist.models.capture import DecodeCapture, RowAlignment, armed, capture_attention, response_rows
+
+
+@dataclass
+class Generation:
+    prompts: PromptBatch
+    response_ids: torch.Tensor  # [N, R] right-padded
+    response_mask: torch.Tensor  # [N, R] 1 up to and including the first EOS
+    logprobs: torch.Tensor  # [N, R] log-prob of each response token (0 where masked)
+    texts: list[str]
+    attention: torch.Tensor | None = None  # [N, R, T] policy rows of the response tokens
+    question_attention: torch.Tensor | None = None  # [N, Q, T] rows of the question tokens (for consistency)
+    question_rows: torch.Tensor | None = None  # [N, Q] positions of those rows (-1 = none)
+    seconds: dict[str, float] = field(default_factory=dict)  # wall time of "generation" and "attention_capture"
+
+
+def eos_mask(ids: torch.Tensor, eos_ids: list[int]) -> torch.Tensor:
+    """1 for tokens up to and including the first EOS of each row, 0 after it."""
+    is_eos = torch.isin(ids, torch.tensor(eos_ids, device=ids.device))
+    after = (is_eos.long().cumsum(1) - is_eos.long()) > 0
+    return (~after).long()
+
+
+def pad_positions(positions: list[torch.Tensor]) -> torch.Tensor:
+    width = max([len(p) for p in positions] + [1])
+    out = torch.full((len(positions), width), -1, dtype=torch.long)
+    for b, p in enumerate(positions):
+        out[b, : len(p)] = p
+    return out
+
+
+@dataclass
+class ResponseForward:
+    """What one forward over prompt + given responses computes (`forward_responses`); T = P + R."""
+
+    logprobs: torch.Tensor  # [N, R] log-prob of each response token under logits / temperature (0 where masked)
+    attention: torch.Tensor | None = None  # [N, R, T] attention policy rows of the response tokens
+    question_attention: torch.Tensor | None = None  # [N, Q, T] rows of the question tokens
+    question_rows: torch.Tensor | None = None  # [N, Q] positions of those rows (-1 = none)
+    logits: torch.Tensor | None = None  # [N, R, V] fp32 logits / temperature that predict the response (keep_logits)
+
+
+def forward_responses(adapter: VLMAdapter, model, prompts: PromptBatch, response_ids: torch.Tensor,
+                      response_mask: torch.Tensor, pad_token_id: int, temperature: float = 1.0,
+                      capture: bool = True, capture_question: bool = False, alignment: RowAlignment = "paper",
+                      keep_logits: bool = False, chunk_rows: int = 64) -> ResponseForward:
+    """One forward over prompt + response: per-token log-probs and (optionally) the attention policy rows and the
+    response logits. Runs with whatever grad mode the caller set (no grad in rollouts, with grad in the learner)."""
+    inputs = append_response(prompts.inputs, response_ids, response_mask, pad_token_id)
+    P = prompts.prompt_len
+    rows = response_rows(P, response_mask, alignment) if capture else None
+    q_rows = pad_positions(prompts.question_positions) if capture_question else None
+    if capture and capture_question:
+        rows = torch.cat([rows, q_rows], dim=1)
+    attn_module = adapter.language_layers(model)[-1].self_attn
+    if rows is not None:
+        with capture_attention(attn_module, rows, inputs["attention_mask"], chunk_rows) as request:
+            logits = model(**inputs).logits
+        policy = request.policy
+    else:
+        logits, policy = model(**inputs).logits, None
+    # logits at position P-1+i predict response token i
+    resp_logits = logits[:, P - 1 : P - 1 + response_ids.shape[1]].float() / temperature
+    logprobs = torch.log_softmax(resp_logits, -1).gather(-1, response_ids[..., None]).squeeze(-1)
+    logprobs = logprobs * response_mask
+    n_resp = response_ids.shape[1]
+    attention = policy[:, :n_resp] if policy is not None else None
+    question_attention = policy[:, n_resp:] if (policy is not None and capture_question) else None
+    return ResponseForward(logprobs, attention, question_attention, q_rows, resp_logits if keep_logits else None)
+
+
+class _FirstEosFed(StoppingCriteria):
+    """A row is done once its first EOS has gone back through the model (the pass that computes that token's
+    attention row), not when it is sampled; ``max_new_tokens + 1`` does the same for rows that never stop."""
+
+    def __init__(self, prompt_len: int, eos_ids: list[int]):
+        self.prompt_len, self.eos_ids = prompt_len, torch.tensor(eos_ids)
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        return torch.isin(input_ids[:, self.prompt_len : -1], self.eos_ids.to(input_ids.device)).any(1)
+
+
+def decoded_rows(request: DecodeCapture, n_resp: int, alignment: RowAlignment) -> torch.Tensor:
+    """[B, n_resp, P + n_resp] policy rows of the response tokens from a decode capture (zeros where never fed)."""
+    seq = request.key_mask.shape[1] + n_resp
+    steps = [s[:, 0] for s in request.steps]
+    if alignment == "sampling":  # token i was sampled from row P - 1 + i: the prompt's last row, then the steps
+        steps = [request.prompt_policy[:, -1], *steps]
+    out = request.prompt_policy.new_zeros(request.key_mask.shape[0], n_resp, seq)
+    for i, row in enumerate(steps[:n_resp]):
+        out[:, i, : row.shape[-1]] = row
+    return out
+
+
+@torch.no_grad()
+def generate(adapter: VLMAdapter, model, processor, prompts: list[VisualPrompt], *, num_samples: int = 1,
+             max_new_tokens: int = 32, temperature: float = 1.0, top_p: float = 1.0, greedy: bool = False,
+             capture: bool = True, capture_question: bool = False, alignment: RowAlignment = "paper",
+             seed: int | None = None) -> Generation:
+    """Sample ``num_samples`` responses per prompt (rows ordered prompt-major: p0 x G, p1 x G, ...).
+
+    Log-probs and attention rows come from the sampling passes themselves (no second forward): the raw logits of
+    each step, divided by the temperature as the learner does, and the last layer's rows captured as each token
+    is fed back. Equal to `forward_responses` on the result up to float rounding (tests/test_generation.py).
+    """
+    expanded = [p for p in prompts for _ in range(num_samples)]
+    batch = adapter.encode(processor, expanded)
+    tok = processor.tokenizer
+    eos = adapter.eos_token_ids(processor)
+    P = batch.prompt_len
+    if seed is not None:
+        torch.manual_seed(seed)
+    sampling = {} if greedy else {"temperature": temperature, "top_p": top_p, "top_k": 0}
+    # Prompt rows: the question's (consistency reward) and the last one (row of the first token, "sampling").
+    q_rows = pad_positions(batch.question_positions) if capture_question else None
+    last = torch.full((len(expanded), 1), P - 1, dtype=torch.long)
+    request = DecodeCapture(last if q_rows is None else torch.cat([q_rows, last], 1),
+                            batch.inputs["attention_mask"].bool())
+    # eos_token_id=[]: none of transformers' own EOS stopping, which ends a row before its EOS is fed back (see
+    # _FirstEosFed); None would take the model's default.
+    config = GenerationConfig(eos_token_id=[], pad_token_id=tok.pad_token_id, do_sample=not greedy,
+                              max_new_tokens=max_new_tokens + int(capture), suppress_tokens=adapter.banned_token_ids(
+                                  processor), return_dict_in_generate=True, output_logits=True, **sampling)
+    t0 = time.perf_counter()
+    attn_module = adapter.language_layers(model)[-1].self_attn
+    with armed(attn_module, request) if capture else contextlib.nullcontext():
+        out = model.generate(**batch.inputs, generation_config=config,
+                             stopping_criteria=StoppingCriteriaList([_FirstEosFed(P, eos)]))
+    t1 = time.perf_counter()
+    response_ids = out.sequences[:, P : P + max_new_tokens]
+    if response_ids.shape[1] == 0:
+        response_ids = torch.full((len(expanded), 1), tok.pad_token_id, dtype=torch.long)
+    n_resp = response_ids.shape[1]
+    response_mask = eos_mask(response_ids, eos)
+    response_ids = torch.where(response_mask.bool(), response_ids, torch.full_like(response_ids, tok.pad_token_id))
+    inv_temp = 1.0 if greedy else 1.0 / temperature
+    logprobs = torch.stack([torch.log_softmax(step.float() * inv_temp, -1).gather(-1, response_ids[:, i, None])[:, 0]
+                            for i, step in enumerate(out.logits[:n_resp])], 1) * response_mask
+    attention = q_attention = None
+    if capture:
+        attention = decoded_rows(request, n_resp, alignment) * response_mask[..., None]
+        if capture_question:
+            q_attention = torch.nn.functional.pad(request.prompt_policy[:, : q_rows.shape[1]], (0, n_resp))
+    texts = tok.batch_decode(response_ids * response_mask + tok.pad_token_id * (1 - response_mask),
+                             skip_special_tokens=True)
+    seconds = {"generation": t1 - t0, "attention_capture": time.perf_counter() - t1}
+    return Generation(batch, response_ids, response_mask, logprobs, texts, attention, q_attention, q_rows, seconds)

@@ -1,0 +1,43 @@
+"""What a reward term reads of one response: its text, the behaviour policy's attention rows, and where the visual,
+question and answer tokens sit. Positions index the columns of the attention rows."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+import torch
+
+from ral_dist.data import Sample, on_target_mass, region_token_mask, target_fraction
+from ral_dist.rewards.answer_span import answer_token_mask
+
+
+@dataclass
+class ResponseView:
+    sample: Sample  # the prompt's sample: ground-truth answer and regions
+    text: str  # the decoded response
+    response_ids: torch.Tensor  # [R] the response tokens, up to and including EOS (no padding)
+    attention: torch.Tensor  # [R, K] fp32 attention policy rows of the response tokens (RAL.md §1)
+    question_attention: torch.Tensor  # [Q, K'] rows of the question's tokens, same layer (K' <= K)
+    visual_positions: torch.Tensor  # [V] columns of the visual tokens, order (t, row, col)
+    visual_grid: tuple[int, int, int]  # (t, rows, cols) of those visual tokens
+    temporal_patch: int  # frames per visual token-frame
+    tokenizer: Any
+    mode: str  # prompt mode: think | answer_only
+
+    @cached_property
+    def answer_rows(self) -> torch.Tensor:
+        """[R] bool: the tokens of the last <answer> content (the whole response when there is none)."""
+        return answer_token_mask(self.tokenizer, self.response_ids, torch.ones_like(self.response_ids))
+
+    def grounding(self) -> dict[str, float]:
+        """attention_on_target: the answer rows' visual attention mass inside the ground-truth regions (over the
+        rows' visual mass); target_fraction: its value under uniform attention (chance). NaN without regions."""
+        if not self.sample.regions:
+            return {"attention_on_target": math.nan, "target_fraction": math.nan}
+        region = region_token_mask(self.sample.regions, self.sample.n_frames, self.sample.frame_hw, self.visual_grid,
+                                   self.temporal_patch)
+        visual = self.attention[self.answer_rows][:, self.visual_positions]
+        return {"attention_on_target": on_target_mass(visual, region), "target_fraction": target_fraction(region)}
