@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))  # `python bench/x.py` from a checkout
 TINY_SYSTEMS = {
     "model": {"family": "qwen2_5_vl", "checkpoint": None},
     "data": {"task": {"seed": 0, "canvas": 112, "grid": 2}, "sizes": {"train": 512, "val": 16, "test": 16},
-             "prompt_mode": "think"},
+             "prompt": {"mode": "think"}},
     "rollout": {"num_workers": 2, "prompts_per_step": 16, "group_size": 8, "temperature": 1.0,
                 "max_new_tokens": 32, "cpus_per_worker": 0.25},
     "reward": {"num_workers": 2, "cpus_per_worker": 0.1},

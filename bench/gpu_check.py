@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT))  # run from the working tree, uninstalled
 
 import torch  # noqa: E402
 
+from ral_dist.config import DataConfig  # noqa: E402
 from ral_dist.data import GroundedVQAConfig  # noqa: E402
 from ral_dist.data import generate as generate_samples  # noqa: E402
 from ral_dist.models import append_response, get_adapter  # noqa: E402
@@ -56,7 +57,7 @@ def check_capture(device: torch.device, dtype_name: str, n_prompts: int = 4, max
     model.to(device, dtype).eval()
     tok, eos = processor.tokenizer, adapter.eos_token_ids(processor)
     samples = generate_samples(GroundedVQAConfig(fraction_video=0.5), "val", n_prompts)
-    batch = adapter.encode(processor, [visual_prompt(s, "think") for s in samples])
+    batch = adapter.encode(processor, [visual_prompt(s, DataConfig()) for s in samples])
     batch = dataclasses.replace(batch, inputs={k: v.to(device) for k, v in batch.inputs.items()})
 
     t0 = time.perf_counter()
@@ -115,7 +116,7 @@ def check_learner(device: torch.device) -> dict:
     adapter, model, processor = build_policy(FAMILY, None, {}, seed=seed)
     use_capture_attention(model)
     samples = generate_samples(GroundedVQAConfig(), "train", 2)
-    gen = generate(adapter, model, processor, [visual_prompt(s, "think") for s in samples], num_samples=G,
+    gen = generate(adapter, model, processor, [visual_prompt(s, DataConfig()) for s in samples], num_samples=G,
                    max_new_tokens=8, temperature=1.0, capture=True, capture_question=True, seed=seed)
     trajs = trajectories_from_generation(gen, [s for s in samples for _ in range(G)], [i // G for i in range(2 * G)],
                                          version=0, temporal_patch=2, max_new_tokens=8, wire_dtype=torch.float32)

@@ -54,7 +54,7 @@ def main(argv=None) -> dict:
 
     def without_maps():
         gen = generate(worker.adapter, worker.model, worker.processor,
-                       [visual_prompt(s, cfg.data.prompt_mode) for s in samples], num_samples=rc.group_size,
+                       [visual_prompt(s, cfg.data) for s in samples], num_samples=rc.group_size,
                        max_new_tokens=rc.max_new_tokens, temperature=rc.temperature, top_p=rc.top_p,
                        capture=False, seed=seed())
         assert gen.attention is None

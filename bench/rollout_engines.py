@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from ral_dist.config import RLJobConfig
+from ral_dist.config import DataConfig, RLJobConfig
 from ral_dist.data import GroundedVQAConfig
 from ral_dist.data import generate as generate_samples
 from ral_dist.models import build_policy
@@ -75,7 +75,7 @@ def main(argv=None) -> dict:
     use_capture_attention(model)
     vllm = VLLMEngine(cfg, adapter, model, processor, sync_plan(cfg))
     samples = generate_samples(GroundedVQAConfig(seed=5), "val", args.prompts)
-    prompts = [visual_prompt(s, "think") for s in samples]
+    prompts = [visual_prompt(s, DataConfig()) for s in samples]
     engines = {
         "hf": lambda p, **kw: generate(adapter, model, processor, p, capture=True, **kw),
         "vllm": lambda p, **kw: vllm.generate(p, replica=True, **kw),

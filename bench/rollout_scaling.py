@@ -47,9 +47,10 @@ def main(argv=None) -> dict:
         def rollout(n_workers: int, n_prompts: int = args.prompts):
             def run():
                 chunks = np.array_split(np.arange(n_prompts), n_workers)
-                refs = [w.rollout.remote(step["i"], [samples[g] for g in c], c.tolist())
+                returns = cfg.learner.num_ranks + 1  # the chunk's accounting, then each learner rank's share
+                refs = [w.rollout.options(num_returns=returns).remote(step["i"], [samples[g] for g in c], c.tolist())
                         for w, c in zip(workers[:n_workers], chunks, strict=True)]
-                got = sum(len(b.trajectories) for b in ray.get(refs))
+                got = sum(len(shard) for chunk in refs for shard in ray.get(chunk[1:]))
                 assert got == n_prompts * args.group, f"{got} trajectories, expected {n_prompts * args.group}"
                 step["i"] += 1
             return run

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from ral_dist.algorithms import exact_match
+from ral_dist.config import DataConfig
 from ral_dist.data import GroundedVQAConfig, Sample, generate, region_token_mask
 from ral_dist.models import get_adapter
 from ral_dist.models.generation import generate as generate_responses
@@ -116,7 +117,7 @@ def encode_items(adapter, processor, samples: list[Sample], mode: str, chunk: in
     """Encode once with ``sft_batch`` and split into unpadded per-sample rows (collated again per batch)."""
     items = []
     for start in range(0, len(samples), chunk):
-        inputs, labels, _ = sft_batch(adapter, processor, samples[start : start + chunk], mode)
+        inputs, labels, _ = sft_batch(adapter, processor, samples[start : start + chunk], DataConfig(prompt={"mode": mode}))
         sizes = inputs["image_grid_thw"].prod(-1).tolist()
         pixels = torch.split(inputs["pixel_values"], sizes)
         for b in range(len(sizes)):
@@ -160,7 +161,7 @@ def evaluate(adapter, model, processor, samples: list[Sample], mode: str, max_ne
     answered, texts = 0, []
     for start in range(0, len(samples), chunk):
         part = samples[start : start + chunk]
-        gen = generate_responses(adapter, model, processor, [visual_prompt(s, mode) for s in part], greedy=True,
+        gen = generate_responses(adapter, model, processor, [visual_prompt(s, DataConfig(prompt={"mode": mode})) for s in part], greedy=True,
                                  max_new_tokens=max_new_tokens, capture=False)
         for s, text in zip(part, gen.texts, strict=True):
             score = exact_match(text, s.answer)

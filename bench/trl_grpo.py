@@ -91,7 +91,7 @@ def main(argv=None) -> dict:
     ours = adapter.load_processor(ckpt)
     processor = image_only_processor(ours.tokenizer, ours.image_processor, CHAT_TEMPLATE)
     samples, _ = read_dataset(ensure_dataset(cfg.data.task, cfg.data.sizes), "train")
-    mode = cfg.data.prompt_mode
+    mode = cfg.data.prompt.mode
 
     def prompt(s):
         return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user_text(s, mode)}]
@@ -103,7 +103,7 @@ def main(argv=None) -> dict:
     theirs = processor.apply_chat_template(conversation=[prepare_multimodal_messages(prompt(s0), s0.get_images())],
                                            add_generation_prompt=True, tokenize=True, return_dict=True)
     mine = adapter.encode(ours, [VisualPrompt(s0.get_images(), s0.question, kind="image",
-                                              instruction=user_text(s0, mode)[len(s0.question) + 1:],
+                                              text=user_text(s0, mode),
                                               system=SYSTEM_PROMPT)])
     assert list(theirs["input_ids"][0]) == mine.inputs["input_ids"][0].tolist(), "TRL's prompt differs from ours"
 

@@ -38,6 +38,15 @@ def build():
         graph("Total reward across trajectories", "Quantiles of the per-trajectory total reward over the window.",
               "none", *_quantiles("total")),
     ]
+    by_type = [
+        graph("Accuracy by question type", "Step mean accuracy (the task term) of each question type.",
+              "percentunit", Query(f"avg by (JobId, qtype) ({m.ACCURACY_BY_TYPE.series}{{{RUN}}})", "{{qtype}}")),
+        graph("Reward by question type", "Step mean total reward of each question type.", "none",
+              Query(f"avg by (JobId, qtype) ({m.REWARD_BY_TYPE.series}{{{RUN}}})", "{{qtype}}")),
+        graph("Trajectories per second by question type", "How the sampled data splits over the question types.",
+              "none", Query(f"sum by (JobId, qtype) (rate({m.TRAJECTORIES_BY_TYPE.series}{{{RUN}}}[{WINDOW}]))",
+                            "{{qtype}}")),
+    ]
     policy = [
         graph("KL to the reference policy", "k3 estimate of KL(pi_theta || pi_ref), step mean.", "none",
               Query(f"avg by (JobId) ({m.KL.series}{{{RUN}}})", "KL {{JobId}}")),
@@ -68,5 +77,5 @@ def build():
               Query(mean_per_event(m.PHASE_SECONDS.series, "phase", f'{RUN},phase="rollout"'), "whole rollout")),
     ]
     return dashboard(UID, "ral_dist / overview", "An RL run at a glance (ral_dist.runtime.metrics).", [
-        ("Progress", progress), ("Rewards and accuracy", rewards), ("Policy", policy),
+        ("Progress", progress), ("Rewards and accuracy", rewards), ("By question type", by_type), ("Policy", policy),
         ("Throughput", throughput), ("Time per step", time)])

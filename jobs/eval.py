@@ -1,10 +1,13 @@
 """Greedy evaluation of a checkpoint on a dataset split.
 
-    python jobs/eval.py --checkpoint DIR --split val --json OUT.json [--data-dir DIR] [--limit N] [--heatmaps DIR]
+    python jobs/eval.py --checkpoint DIR --split val --json OUT.json [--config JOB.yaml] [--set k=v ...]
+                        [--limit N] [--heatmaps DIR]
 
-Without --data-dir the dataset is the one the checkpoint was trained on (its sft_config.yaml), else the default
-generated task. Writes accuracy, format_rate, attention_on_target (and its chance level target_fraction),
-sparsity, consistency, n and per_type to the JSON file.
+The data, prompt, media budgets and reward terms are a job config's (`--config`: an RL or distillation job's YAML,
+e.g. a run directory's config.yaml; `--set data.dir=...` etc. override it); without `--config`, the data the
+checkpoint was trained on (its sft_config.yaml), else the default generated task, with the default reward terms.
+Writes accuracy, format_rate, attention_on_target (and its chance level target_fraction), sparsity, consistency,
+any custom reward term, n and per_type to the JSON file.
 """
 
 import argparse
@@ -12,6 +15,7 @@ import json
 import time
 from pathlib import Path
 
+from ral_dist.config import ConfigError, DistillJobConfig, load_config
 from ral_dist.evaluation.greedy import evaluate_checkpoint
 
 
@@ -20,17 +24,24 @@ def main(argv=None) -> dict:
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--split", default="val")
     p.add_argument("--json", required=True, help="where to write the metrics")
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--mode", choices=["think", "answer_only"], default=None, help="prompt format (default: as trained)")
+    p.add_argument("--config", default=None, help="a job config whose data and reward sections to evaluate with")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--limit", type=int, default=None, help="first N samples only")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-new-tokens", type=int, default=48)
     p.add_argument("--heatmaps", default=None, help="directory for a few attention heatmaps (PNG)")
     args = p.parse_args(argv)
+    data = reward = None
+    if args.config or args.overrides:
+        try:
+            # the distillation job's config is the RL job's plus two sections: it reads either job's YAML
+            cfg = load_config(DistillJobConfig, args.config, args.overrides)
+        except ConfigError as exc:
+            raise SystemExit(f"error: {exc}") from None
+        data, reward = cfg.data, cfg.reward
     t0 = time.time()
-    report = evaluate_checkpoint(args.checkpoint, args.split, args.data_dir, args.mode, args.limit,
-                                 batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
-                                 heatmap_dir=args.heatmaps)
+    report = evaluate_checkpoint(args.checkpoint, args.split, data, args.limit, reward, batch_size=args.batch_size,
+                                 max_new_tokens=args.max_new_tokens, heatmap_dir=args.heatmaps)
     report["eval_s"] = round(time.time() - t0, 2)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(report, indent=1))
@@ -42,4 +53,3 @@ def main(argv=None) -> dict:
 
 if __name__ == "__main__":
     main()
-

@@ -12,8 +12,15 @@ from typing import Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ral_dist.data import GroundedVQAConfig
-from ral_dist.rewards import PAPER_REWARD_WEIGHTS, REWARD_TERMS
+from ral_dist.data.data_config import DataConfig
+from ral_dist.rewards import (
+    PAPER_REWARD_WEIGHTS,
+    RESERVED_TERM_NAMES,
+    REWARD_TERMS,
+    CustomRewardError,
+    load_reward_function,
+    parse_reward_path,
+)
 
 
 class ConfigError(ValueError):
@@ -31,15 +38,6 @@ class ModelConfig(Strict):
                                  description="overrides of the tiny config, e.g. {text: {hidden_size: 192}}")
     dtype: Literal["float32", "bfloat16"] = "float32"
     freeze_vision: bool = Field(False, description="freeze the vision tower (the paper does; tiny models train it)")
-
-
-class DataConfig(Strict):
-    dir: str | None = Field(None, description="a dataset in the JSONL+PNG format; None generates `task` (cached)")
-    task: GroundedVQAConfig = Field(default_factory=GroundedVQAConfig)
-    sizes: dict[str, int] = Field(default_factory=lambda: {"train": 4000, "val": 200, "test": 200})
-    prompt_mode: Literal["think", "answer_only"] = Field("think", description="answer_only is RAL-zero")
-    max_question_chars: int = Field(512, ge=1, description="longer questions are truncated or skipped")
-    long_questions: Literal["truncate", "skip"] = "truncate"
 
 
 class SFTTrainConfig(Strict):
@@ -102,12 +100,37 @@ class RolloutConfig(Strict):
     gpus_per_worker: float = Field(0, ge=0)
 
 
+class CustomRewardConfig(Strict):
+    """One user reward function of reward.custom, called as fn(response_text, sample) -> float | (float, reason)."""
+
+    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+                      description="the term's name: its key in metrics.jsonl (reward_<name>), reports and Prometheus")
+    path: str = Field(description="'pkg.module:function' (importable where the job runs) or 'path/to/file.py:function' "
+                                  "(relative to the job's working directory)")
+    weight: float = Field(allow_inf_nan=False, description="its weight in the total reward")
+
+    @field_validator("path")
+    @classmethod
+    def _path_syntax(cls, path: str) -> str:
+        try:
+            parse_reward_path(path)
+        except CustomRewardError as exc:
+            raise ValueError(str(exc)) from None
+        return path
+
+
 class RewardConfig(Strict):
     num_workers: int = Field(2, ge=1)
+    task: Literal["exact", "video_r1"] = Field(
+        "exact", description="rule of the task term. exact: the paper's exact match of the <answer> content, "
+                             "normalised; video_r1: Video-R1's accuracy by the sample's problem_type (option letter, "
+                             "number to 2 decimals, 1 - word error rate, mean ROUGE-1/2/L F, 1 - relative error)")
     weights: dict[str, float] = Field(
         default_factory=lambda: dict(PAPER_REWARD_WEIGHTS),
-        description="weight of each reward term of the registry (ral_dist/rewards, RAL.md §4); defaults "
+        description="weight of each built-in reward term of the registry (ral_dist/rewards, RAL.md §4); defaults "
                     "reproduce the paper")
+    custom: list[CustomRewardConfig] = Field(
+        default_factory=list, description="user reward functions, each a term with its own name and weight")
     cpus_per_worker: float = Field(0.1, gt=0)
 
     @field_validator("weights")
@@ -115,8 +138,33 @@ class RewardConfig(Strict):
     def _known_terms(cls, weights: dict[str, float]) -> dict[str, float]:
         unknown = sorted(set(weights) - set(REWARD_TERMS))
         if unknown:
-            raise ValueError(f"unknown reward terms {unknown}; known: {sorted(REWARD_TERMS)}")
+            raise ValueError(f"unknown reward terms {unknown}; known: {sorted(REWARD_TERMS)} (a reward.custom term "
+                             "takes its weight from its own entry)")
         return weights
+
+    @field_validator("custom")
+    @classmethod
+    def _distinct_names(cls, custom: list[CustomRewardConfig]) -> list[CustomRewardConfig]:
+        seen: set[str] = set()
+        for i, spec in enumerate(custom):
+            if spec.name in REWARD_TERMS:
+                raise ValueError(f"entry {i}: name {spec.name!r} is a built-in reward term ({sorted(REWARD_TERMS)})")
+            if spec.name in RESERVED_TERM_NAMES:
+                raise ValueError(f"entry {i}: name {spec.name!r} is reserved (it would overwrite a figure of that "
+                                 f"name in the logs); reserved: {sorted(RESERVED_TERM_NAMES)}")
+            if spec.name in seen:
+                raise ValueError(f"entry {i}: name {spec.name!r} is used twice")
+            seen.add(spec.name)
+        return custom
+
+    def check_custom_imports(self) -> None:
+        """Import every custom reward function here (the driver, before any actor starts); raises `ConfigError`
+        naming the field of the first that cannot be imported or called as fn(response_text, sample)."""
+        for i, spec in enumerate(self.custom):
+            try:
+                load_reward_function(spec.path)
+            except CustomRewardError as exc:
+                raise ConfigError(f"reward.custom.{i}.path: {exc}") from None
 
 
 class LearnerConfig(Strict):

@@ -66,28 +66,31 @@ def load_job_config(args: argparse.Namespace, kind: JobKind, root: Path) -> tupl
         cfg = load_config(kind.config_class, args.config, overrides)
         run_dir = Path(args.run_dir) if args.run_dir else root / "runs" / f"{kind.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     check_vllm_config(cfg)  # vllm installed; attention_on=learner needs learner.old_policy=recompute; weight sync
+    cfg.reward.check_custom_imports()  # every user reward function imports and has the right signature
     return cfg, run_dir
 
 
 def _load_data(cfg: RLJobConfig, run_dir):
-    """(training samples, heatmap samples); every skipped row is written to the run directory with its reason."""
-    from ral_dist.data import read_dataset
-    from ral_dist.data.cache import ensure_dataset
+    """(training samples, heatmap samples, the training split's file): ids and media paths, never pixels (the
+    actors decode media where they use them); every skipped row is written to the run directory with its reason."""
     from ral_dist.data.question_limits import limit_questions
+    from ral_dist.data.readers import read_split, split_path
+    from ral_dist.data.rows import write_skipped
 
-    data_dir = Path(cfg.data.dir) if cfg.data.dir else ensure_dataset(cfg.data.task, cfg.data.sizes)
-    train, skipped = read_dataset(data_dir, "train")
+    train, skipped = read_split(cfg.data, "train")
     train, too_long, truncated = limit_questions(train, cfg.data.max_question_chars, cfg.data.long_questions)
     skipped += too_long
-    val, _ = read_dataset(data_dir, "val")
+    try:
+        heatmap_samples = read_split(cfg.data, "val")[0][: cfg.run.heatmap_prompts]
+    except FileNotFoundError:  # a dataset with a training split only (Video-R1-260k)
+        heatmap_samples = train[: cfg.run.heatmap_prompts]
     if skipped or truncated:
-        run_dir.write_skipped_rows(skipped)
-        print(f"[ral] skipped {len(skipped)} training rows, truncated {truncated} questions; every skipped row "
-              f"with its reason in {run_dir.path / 'skipped_rows.jsonl'}: "
-              + "; ".join(f"line {s.line} ({s.id}): {s.reason}" for s in skipped[:10]), flush=True)
+        counts = write_skipped(skipped, run_dir.path / "skipped_rows.jsonl", "train")
+        print(f"[ral] skipped {len(skipped)} training rows {counts}, truncated {truncated} questions; every skipped "
+              f"row with its reason in {run_dir.path / 'skipped_rows.jsonl'}", flush=True)
     if not train:
-        raise SystemExit(f"error: no usable training rows in {data_dir}")
-    return train, val[: cfg.run.heatmap_prompts], data_dir
+        raise SystemExit(f"error: no usable training rows in {split_path(cfg.data, 'train')}")
+    return train, heatmap_samples, split_path(cfg.data, "train")
 
 
 def _run_with_recovery(controller_cls: type, cfg: RLJobConfig, run_dir, train: list, heatmap_samples: list,

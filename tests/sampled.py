@@ -3,6 +3,7 @@
 import torch
 
 from ral_dist.algorithms import group_advantages
+from ral_dist.config import DataConfig
 from ral_dist.data import GroundedVQAConfig
 from ral_dist.data import generate as generate_samples
 from ral_dist.messages.collate import trajectories_from_generation
@@ -22,7 +23,7 @@ def sampled_trajectories(group: int, *, mode: str = "think", temperature: float 
     adapter, model, processor = build_policy("qwen2_5_vl", None, {}, seed=0)
     use_capture_attention(model)
     samples = generate_samples(GroundedVQAConfig(), "train", 2)
-    prompts = [visual_prompt(s, mode) for s in samples]
+    prompts = [visual_prompt(s, DataConfig(prompt={"mode": mode})) for s in samples]
     gen = generate(adapter, model, processor, prompts, num_samples=group, max_new_tokens=max_new_tokens,
                    temperature=temperature, capture=True, capture_question=True, seed=0)
     expanded = [s for s in samples for _ in range(group)]

@@ -197,7 +197,7 @@ def test_every_qtype_appears_and_answers_are_words(mixed_train):
     for s in mixed_train:
         assert re.fullmatch(r"[a-z]+|[0-9]+", s.answer), s.answer
         assert s.kind == ("video" if s.qtype in VIDEO_QTYPES else "image")
-        assert len(s.images) == (4 if s.kind == "video" else 1) == len(s.image_paths)
+        assert len(s.images) == (4 if s.kind == "video" else 1) == len(s.media) == s.n_frames
         assert s.question.endswith("?") and s.rationale.endswith(".")
 
 
@@ -295,7 +295,7 @@ def test_config_validation():
 
 
 def test_prompt_texts():
-    s = Sample(id="x", kind="image", question="What colour is the square?", answer="blue",
+    s = Sample(id="x", kind="image", media=["x.png"], question="What colour is the square?", answer="blue",
                rationale="The square is blue.")
     assert target_text(s, "think") == "<think>The square is blue.</think><answer>blue</answer>"
     assert target_text(s, "answer_only") == "<answer>blue</answer>"

@@ -25,7 +25,7 @@ def samples():
 
 
 def _same(a, b) -> None:
-    for f in ("id", "kind", "question", "answer", "qtype", "regions", "rationale", "layout_key", "image_paths"):
+    for f in ("id", "kind", "question", "answer", "qtype", "regions", "rationale", "layout_key", "media", "frame_hw"):
         assert getattr(a, f) == getattr(b, f), f
     assert len(a.images) == len(b.images)
     for x, y in zip(a.images, b.images, strict=True):
@@ -39,9 +39,9 @@ def test_round_trip(tmp_path, samples):
     assert len(rows) == len(samples)
     for row in rows:  # flat rows, always the same fields and types
         assert tuple(row) == RECORD_FIELDS
-        assert isinstance(row["answer"], str) and isinstance(row["images"], list)
+        assert isinstance(row["answer"], str) and isinstance(row["media"], list)
         assert all(isinstance(r, list) and len(r) == 5 and all(isinstance(v, int) for v in r) for r in row["regions"])
-        assert all((tmp_path / p).is_file() for p in row["images"])
+        assert all((tmp_path / p).is_file() for p in row["media"])
     back, skipped = read_dataset(tmp_path, "train")
     assert skipped == []
     assert len(back) == len(samples)
@@ -71,9 +71,9 @@ def test_bad_rows_are_skipped_with_reasons(tmp_path, samples):
     path = write_dataset(good, tmp_path, "train")
     rows = [json.loads(line) for line in path.read_text().splitlines()]
     # corrupt one good row's PNG, delete another's
-    corrupt = tmp_path / rows[1]["images"][0]
+    corrupt = tmp_path / rows[1]["media"][0]
     corrupt.write_bytes(corrupt.read_bytes()[:60] + b"\x00garbage" * 10)
-    for p in rows[2]["images"]:
+    for p in rows[2]["media"]:
         (tmp_path / p).unlink()
     no_answer = dict(rows[0], id="no-answer")
     del no_answer["answer"]
@@ -81,8 +81,9 @@ def test_bad_rows_are_skipped_with_reasons(tmp_path, samples):
     out_of_frame = dict(rows[0], id="out-of-frame", regions=[[0, 0, 0, 500, 10]])
     text_img = tmp_path / "images" / "notes.png"
     text_img.write_text("not a png")
-    not_png = dict(rows[0], id="not-png", images=["images/notes.png"])
-    minimal = {"id": "minimal", "images": rows[0]["images"][0], "question": "Q?", "answer": 3}
+    not_png = dict(rows[0], id="not-png", media=["images/notes.png"])
+    # a row of the format before issue 18: frames under "images", no other optional field
+    minimal = {"id": "minimal", "images": rows[0]["media"][0], "question": "Q?", "answer": 3}
     lines = [json.dumps(r) for r in rows] + [
         "{not json",
         json.dumps(no_answer),
@@ -93,13 +94,14 @@ def test_bad_rows_are_skipped_with_reasons(tmp_path, samples):
         json.dumps(["a", "list"]),
         "",
         json.dumps(minimal),
+        json.dumps(dict(rows[3], id="both", images=rows[3]["media"])),
     ]
     path.write_text("\n".join(lines) + "\n")
     got, skipped = read_dataset(tmp_path, "train")
     reasons = {(s.line, s.id): s.reason for s in skipped}
     assert [s.id for s in got] == [rows[0]["id"], rows[3]["id"], "minimal"]
     assert reasons[(2, rows[1]["id"])].startswith("unreadable image")
-    assert reasons[(3, rows[2]["id"])].startswith("missing image file")
+    assert reasons[(3, rows[2]["id"])].startswith("missing file: images/")
     assert reasons[(5, None)].startswith("invalid json")
     assert reasons[(6, "no-answer")] == "missing field 'answer'"
     assert reasons[(7, "bad-regions")].startswith("invalid field 'regions'")
@@ -107,15 +109,15 @@ def test_bad_rows_are_skipped_with_reasons(tmp_path, samples):
     assert reasons[(9, "not-png")].startswith("unreadable image")
     assert reasons[(10, rows[0]["id"])] == "duplicate id"
     assert reasons[(11, None)].startswith("invalid row")
-    assert len(skipped) == 9
+    assert reasons[(14, "both")].startswith("invalid row: both 'media' and 'images'")
+    assert len(skipped) == 10
     _same(samples[0], got[0])
     m = got[2]  # optional fields default
     assert (m.kind, m.qtype, m.regions, m.rationale, m.layout_key, m.answer) == ("image", "unknown", [], "", "", "3")
     assert m.images[0].mode == "RGB"
     # the lazy reader finds the same bad files
     _, lazy_skipped = read_dataset(tmp_path, "train", load_images=False)
-    assert {(s.line, s.reason.split(":")[0]) for s in lazy_skipped} >= {(2, "unreadable image"),
-                                                                         (3, "missing image file")}
+    assert {(s.line, s.category) for s in lazy_skipped} >= {(2, "unreadable image"), (3, "missing file")}
 
 
 def test_missing_jsonl_raises(tmp_path):

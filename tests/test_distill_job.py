@@ -17,6 +17,7 @@ import torch
 import yaml
 from tiny_job import TINY_JOB
 
+from ral_dist.config import DataConfig
 from ral_dist.models import build_policy
 from ral_dist.models.capture import use_capture_attention
 from ral_dist.models.generation import forward_responses
@@ -75,7 +76,7 @@ def test_tiny_distillation_job_through_ray_job_submit(ray_head, tmp_path):
         audit = torch.load(path, weights_only=False)
         assert len(audit["targets"]) == len(audit["trajectories"]) == 3
         for traj, target in zip(audit["trajectories"], audit["targets"], strict=True):
-            prompts = adapter.encode(processor, [visual_prompt(traj.sample, "think")])
+            prompts = adapter.encode(processor, [visual_prompt(traj.sample, DataConfig())])
             ids = traj.response.ids[None]
             with torch.no_grad():
                 fwd = forward_responses(adapter, model, prompts, ids, torch.ones_like(ids), pad, keep_logits=True)

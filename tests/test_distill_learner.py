@@ -29,7 +29,7 @@ def port(gloo_port):
 
 def _config(gamma_attn=0.5, mu=1.0, teacher_tiny=LARGER, teacher_seed=1, top_k=None) -> dict:
     return DistillJobConfig.model_validate({
-        "run": {"seed": 0}, "data": {"prompt_mode": MODE},
+        "run": {"seed": 0}, "data": {"prompt": {"mode": MODE}},
         "rollout": {"temperature": 1.0, "max_new_tokens": 8, "attention_wire_dtype": "float32"},
         "learner": {"num_ranks": 1, "zero_stage": 0, "lr": 1e-3, "beta": 0.0, "num_minibatches": 1},
         "teacher": {"tiny": teacher_tiny, "seed": teacher_seed, "top_k": top_k},
@@ -50,7 +50,7 @@ def trajectories(sampled):
 
 def _targets(trajectories, **config):
     teacher = TeacherActor(0, _config(**config), side_fingerprint("qwen2_5_vl", None, {}))
-    return teacher.targets(trajectories)[0]
+    return teacher.targets_of(trajectories)
 
 
 def _step(port, sampled, targets, **config):

@@ -94,8 +94,8 @@ def test_corrupt_rows_are_skipped_with_reasons(ray_head, tmp_path):
     good = rows[0]
     (data / "images" / "garbage.png").write_bytes(b"this is not a png")
     planted = {
-        "bad-missing-image": dict(good, id="bad-missing-image", images=["images/nowhere.png"]),
-        "bad-corrupt-image": dict(good, id="bad-corrupt-image", images=["images/garbage.png"]),
+        "bad-missing-image": dict(good, id="bad-missing-image", media=["images/nowhere.png"]),
+        "bad-corrupt-image": dict(good, id="bad-corrupt-image", media=["images/garbage.png"]),
         "bad-no-answer": {k: v for k, v in dict(good, id="bad-no-answer").items() if k != "answer"},
         "bad-empty-question": dict(good, id="bad-empty-question", question="   "),
     }
@@ -111,7 +111,7 @@ def test_corrupt_rows_are_skipped_with_reasons(ray_head, tmp_path):
     assert proc.returncode == 0 and "succeeded" in proc.stdout + proc.stderr, (proc.stdout + proc.stderr)[-4000:]
     skipped = [json.loads(line) for line in (run_dir / "skipped_rows.jsonl").read_text().splitlines()]
     reasons = {s["id"]: s["reason"] for s in skipped}
-    assert reasons["bad-missing-image"].startswith("missing image file")
+    assert reasons["bad-missing-image"].startswith("missing file")
     assert reasons["bad-corrupt-image"].startswith("unreadable image")
     assert reasons["bad-no-answer"] == "missing field 'answer'"
     assert reasons["bad-empty-question"] == "empty question"

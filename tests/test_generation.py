@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from ral_dist.config import DataConfig
 from ral_dist.data import GroundedVQAConfig
 from ral_dist.data import generate as generate_samples
 from ral_dist.models import get_adapter
@@ -21,7 +22,7 @@ def test_sampled_logprobs_and_attention_match_a_fresh_scoring_pass():
     model, processor = adapter.build_tiny(seed=2)
     use_capture_attention(model)
     samples = generate_samples(GroundedVQAConfig.at_stage(4, fraction_video=0.5), "train", 3)
-    gen = generate(adapter, model, processor, [visual_prompt(s, "think") for s in samples], num_samples=2,
+    gen = generate(adapter, model, processor, [visual_prompt(s, DataConfig()) for s in samples], num_samples=2,
                    max_new_tokens=10, temperature=0.7, capture=True, capture_question=True, seed=0)
     assert gen.response_ids.shape[0] == 6 and gen.attention.shape[:2] == gen.response_ids.shape
     # prompt-major order: rows 2k and 2k+1 share prompt k
@@ -29,7 +30,7 @@ def test_sampled_logprobs_and_attention_match_a_fresh_scoring_pass():
     assert (gen.logprobs[gen.response_mask == 0] == 0).all() and (gen.logprobs[gen.response_mask == 1] < 0).all()
     # rescoring the same sequences one by one (different padding) gives the same numbers
     for row in (0, 5):
-        single = adapter.encode(processor, [visual_prompt(samples[row // 2], "think")])
+        single = adapter.encode(processor, [visual_prompt(samples[row // 2], DataConfig())])
         n = int(gen.response_mask[row].sum())
         with torch.no_grad():
             fwd = forward_responses(adapter, model, single, gen.response_ids[row : row + 1, :n],
@@ -60,7 +61,7 @@ def test_responses_that_stop_early_keep_their_eos_row_and_match_a_scoring_pass(f
         model.lm_head.bias[eos] = 6.5
     use_capture_attention(model)
     samples = generate_samples(GroundedVQAConfig.at_stage(4, fraction_video=0.5), "train", 3)
-    gen = generate(adapter, model, processor, [visual_prompt(s, "think") for s in samples], num_samples=4,
+    gen = generate(adapter, model, processor, [visual_prompt(s, DataConfig()) for s in samples], num_samples=4,
                    max_new_tokens=16, temperature=0.9, capture=True, capture_question=True, alignment=alignment,
                    seed=0)
     lengths = gen.response_mask.sum(1)
@@ -81,7 +82,7 @@ def test_greedy_generation_is_deterministic():
     adapter = get_adapter("idefics3")
     model, processor = adapter.build_tiny(seed=1)
     use_capture_attention(model)
-    prompts = [visual_prompt(s, "answer_only") for s in generate_samples(GroundedVQAConfig(), "val", 2)]
+    prompts = [visual_prompt(s, DataConfig(prompt={"mode": "answer_only"})) for s in generate_samples(GroundedVQAConfig(), "val", 2)]
     a = generate(adapter, model, processor, prompts, greedy=True, max_new_tokens=6)
     b = generate(adapter, model, processor, prompts, greedy=True, max_new_tokens=6)
     assert a.texts == b.texts and torch.equal(a.attention, b.attention)
@@ -95,6 +96,6 @@ def test_visual_placeholder_tokens_are_never_sampled():
     with torch.no_grad():  # make the placeholders the most likely tokens by far
         model.lm_head.weight[banned] = model.lm_head.weight[banned] * 0 + 5.0
     use_capture_attention(model)
-    prompts = [visual_prompt(s, "think") for s in generate_samples(GroundedVQAConfig(), "train", 2)]
+    prompts = [visual_prompt(s, DataConfig()) for s in generate_samples(GroundedVQAConfig(), "train", 2)]
     gen = generate(adapter, model, processor, prompts, num_samples=2, max_new_tokens=6, seed=0)
     assert not torch.isin(gen.response_ids, torch.tensor(banned)).any()

@@ -15,7 +15,10 @@ from sampled import REWARDS, sampled_trajectories  # noqa: E402
 
 from ral_dist.actors.learner import ONE_UPDATE_WARNING, Learner  # noqa: E402
 from ral_dist.algorithms import aggregate_tokens, clipped_surrogate, k3_kl  # noqa: E402
-from ral_dist.config import RLJobConfig  # noqa: E402
+from ral_dist.config import (
+    DataConfig,
+    RLJobConfig,  # noqa: E402
+)
 from ral_dist.messages.collate import learner_batch, response_batch  # noqa: E402
 from ral_dist.models import adapter_for_checkpoint, build_policy  # noqa: E402
 from ral_dist.models.generation import forward_responses  # noqa: E402
@@ -35,7 +38,7 @@ def _config(steps: int = 100, **learner) -> dict:
             "ppo_epochs": 1}
     base.update(learner)
     return RLJobConfig.model_validate({
-        "run": {"seed": SEED, "steps": steps}, "data": {"prompt_mode": MODE},
+        "run": {"seed": SEED, "steps": steps}, "data": {"prompt": {"mode": MODE}},
         "rollout": {"temperature": 1.0, "max_new_tokens": 8, "attention_wire_dtype": "float32"},
         "learner": base,
     }).model_dump(mode="json")
@@ -84,7 +87,7 @@ def test_lambda_zero_is_plain_grpo(port, trajectories, advantages):
     model.train()
     ref = copy.deepcopy(model).eval().requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=wd)
-    batch = learner_batch(adapter, processor, trajectories, advantages, MODE)
+    batch = learner_batch(adapter, processor, trajectories, advantages, DataConfig(prompt={"mode": MODE}))
     pad = processor.tokenizer.pad_token_id
     norms = []
     for _ in range(2):
@@ -197,7 +200,7 @@ def test_non_finite_inputs_skip_the_update(port, trajectories, advantages):
 
 
 def _logits(adapter, model, processor, trajectories):
-    batch = response_batch(adapter, processor, trajectories[:3], MODE)
+    batch = response_batch(adapter, processor, trajectories[:3], DataConfig(prompt={"mode": MODE}))
     with torch.no_grad():
         return model(**batch.prompts.inputs).logits
 

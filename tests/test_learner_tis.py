@@ -13,7 +13,7 @@ import torch
 from sampled import REWARDS, sampled_trajectories  # noqa: E402
 
 from ral_dist.actors.learner import Learner  # noqa: E402
-from ral_dist.config import ConfigError, RLJobConfig, load_config  # noqa: E402
+from ral_dist.config import ConfigError, DataConfig, RLJobConfig, load_config  # noqa: E402
 from ral_dist.messages.collate import learner_batch  # noqa: E402
 from ral_dist.models import build_policy  # noqa: E402
 from ral_dist.models.generation import forward_responses  # noqa: E402
@@ -48,7 +48,7 @@ def _learner(port, **learner) -> Learner:
     base = {"num_ranks": 1, "zero_stage": 0, "lr": LR, "weight_decay": WD, "grad_clip": CLIP, "beta": 0.0,
             "lambda_attn": 0.0, "num_minibatches": 2, "ppo_epochs": 1, "old_policy": "recompute"}
     config = RLJobConfig.model_validate({
-        "run": {"seed": SEED}, "data": {"prompt_mode": MODE},
+        "run": {"seed": SEED}, "data": {"prompt": {"mode": MODE}},
         "rollout": {"temperature": 1.0, "max_new_tokens": 8, "attention_wire_dtype": "float32"},
         "learner": base | learner,
     }).model_dump(mode="json")
@@ -67,7 +67,7 @@ def test_tis_update_equals_the_hand_weighted_update(port, sampled):
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=WD)
     pad = processor.tokenizer.pad_token_id
-    batches = [learner_batch(adapter, processor, [trajectories[i] for i in mb], [advantages[i] for i in mb], MODE)
+    batches = [learner_batch(adapter, processor, [trajectories[i] for i in mb], [advantages[i] for i in mb], DataConfig(prompt={"mode": MODE}))
                for mb in minibatches]
     olds, all_w = [], []
     with torch.no_grad():

@@ -36,6 +36,28 @@ def test_qwen_processor_expands_pads_to_grid_tokens():
         assert proc.tokenizer.decode(ids[b, batch.question_positions[b]]) == q
 
 
+def test_qwen_mrope_times_each_video_by_its_own_sampling_rate():
+    """second_per_grid_ts = temporal patch / the fps a video's frames were sampled at (a constant only when the
+    rate is unknown); the model's temporal position ids follow it."""
+    adapter = QwenVLAdapter()
+    proc = adapter.build_processor()
+    prompts = [VisualPrompt([_img()] * 4, "Fast?", kind="video", fps=2.0), VisualPrompt([_img()], "Image?"),
+               VisualPrompt([_img()] * 4, "Slow?", kind="video", fps=0.5),
+               VisualPrompt([_img()] * 4, "Unknown?", kind="video")]
+    batch = adapter.encode(proc, prompts)
+    assert batch.inputs["second_per_grid_ts"].tolist() == [1.0, 4.0, 2.0 / proc.fps]
+    model, _ = adapter.build_tiny()
+    positions, _ = model.model.get_rope_index(
+        batch.inputs["input_ids"], batch.inputs["mm_token_type_ids"], image_grid_thw=batch.inputs["image_grid_thw"],
+        video_grid_thw=batch.inputs["video_grid_thw"], second_per_grid_ts=batch.inputs["second_per_grid_ts"],
+        attention_mask=batch.inputs["attention_mask"])
+    # the temporal index of the second token-frame of each video: one tick per second, scaled by the config
+    tick = model.config.vision_config.tokens_per_second
+    for b, seconds in ((0, 1.0), (2, 4.0)):
+        t = positions[0, b, batch.visual_positions[b]].reshape(2, -1)[:, 0]
+        assert (t[1] - t[0]).item() == int(seconds * tick), (b, t.tolist())
+
+
 def test_qwen_video_patch_layout_matches_official_order():
     """Patch (t, row, col) of the flattened video holds the pixels of frames 2t..2t+1 at that place."""
     proc = QwenVLAdapter().build_processor()
@@ -53,11 +75,11 @@ def test_qwen_video_patch_layout_matches_official_order():
 def test_idefics3_ids_equal_official_processor():
     adapter = get_adapter("idefics3")
     proc = adapter.build_processor()
-    prompt = VisualPrompt([_img()], "What colour is the square?", instruction="Answer briefly.")
+    prompt = VisualPrompt([_img()], "What colour is the square?",
+                          text="What colour is the square? Answer briefly.")
     batch = adapter.encode(proc, [prompt])
     text = proc.tokenizer.apply_chat_template(
-        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt.question + " "
-                                       + prompt.instruction}]}], tokenize=False, add_generation_prompt=True)
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt.user_text}]}], tokenize=False, add_generation_prompt=True)
     official = Idefics3Processor.__call__(proc, images=[[_img()]], text=[text], return_tensors="pt")
     assert torch.equal(official["input_ids"][0], batch.inputs["input_ids"][0])
     assert torch.equal(official["pixel_values"], batch.inputs["pixel_values"])

@@ -27,12 +27,13 @@ def _prompts(kind: str) -> list[VisualPrompt]:
         return [
             VisualPrompt([_frame("red", (8, 8, 40, 40))], "What colour is the square?"),
             VisualPrompt([_frame("blue", (60, 60, 100, 100))], "Is there a blue square in the bottom right cell?",
-                         instruction="Answer inside tags."),
+                         text="Is there a blue square in the bottom right cell? Answer inside tags."),
         ]
     frames = [_frame("green", (8 + 20 * i, 30, 30 + 20 * i, 52)) for i in range(4)]
     return [
         VisualPrompt(frames, "Which way does the green square move?", kind="video"),
-        VisualPrompt(frames[:3], "In which frame is it on the right?", kind="video", instruction="Be brief."),
+        VisualPrompt(frames[:3], "In which frame is it on the right?", kind="video",
+                     text="In which frame is it on the right? Be brief."),
     ]
 
 

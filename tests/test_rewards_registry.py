@@ -60,7 +60,7 @@ def _view(text: str, sample=None, attention=None, regions=True) -> ResponseView:
         region = region_token_mask(sample.regions, 1, sample.frame_hw, grid)
         attention = torch.zeros(len(ids), 40)
         attention[:, 10 + int(torch.nonzero(region)[0])] = 1.0  # every row looks at one on-target token
-    return ResponseView(sample, text, ids, attention, attention[:2].clone(), visual_positions, grid, 1, tok, "think")
+    return ResponseView(sample, text, ids, attention, attention[:2].clone(), visual_positions, grid, 1, 1, tok, "think")
 
 
 def test_a_response_scored_through_the_registry():
@@ -89,7 +89,7 @@ def test_a_term_that_cannot_be_computed_scores_zero_with_its_reason():
             raise RuntimeError("no vocabulary")
 
     broken = ResponseView(sample, view.text, view.response_ids, view.attention, view.question_attention,
-                          view.visual_positions, view.visual_grid, 1, Broken(), "think")
+                          view.visual_positions, view.visual_grid, 1, 1, Broken(), "think")
     values, notes = score_terms(broken)
     assert values["consistency"] == 0.0 and notes["consistency"] == "error: RuntimeError: no vocabulary"
     assert values["task"] == 1.0 and "task" not in notes
@@ -104,3 +104,19 @@ def test_answer_token_mask_selects_the_answer_content():
     assert tok.decode(ids[sel]) == "red"
     no_tags = torch.tensor(tok("just red", add_special_tokens=False)["input_ids"])
     assert answer_token_mask(tok, no_tags, torch.ones_like(no_tags)).all()
+
+
+def test_reward_task_picks_the_rule_of_the_task_term():
+    from typing import get_args
+
+    from ral_dist.algorithms.problem_type_rewards import PROBLEM_TYPES, TYPE_RULES
+    from ral_dist.config import RewardConfig
+    from ral_dist.data.sample import PROBLEM_TYPES as SAMPLE_PROBLEM_TYPES
+    from ral_dist.rewards import TASK_TERMS, reward_terms
+
+    assert set(TASK_TERMS) == set(get_args(RewardConfig.model_fields["task"].annotation))
+    assert set(TYPE_RULES) == set(PROBLEM_TYPES) == set(SAMPLE_PROBLEM_TYPES)  # a rule for every problem type
+    assert reward_terms(RewardConfig())["task"] is TASK_TERMS["exact"] is REWARD_TERMS["task"]
+    video_r1 = reward_terms(RewardConfig(task="video_r1"))
+    assert video_r1["task"] is TASK_TERMS["video_r1"] and list(video_r1) == list(REWARD_TERMS)
+    assert metrics.REWARD_TERMS == ("task", "format", "sparsity", "consistency")

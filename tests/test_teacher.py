@@ -15,9 +15,10 @@ import yaml
 from sampled import sampled_trajectories
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-from ral_dist.config import DistillJobConfig
+from ral_dist.config import DataConfig, DistillJobConfig
 from ral_dist.distill.pairing import TeacherMismatchError, check_pair, fingerprint, side_fingerprint
 from ral_dist.distill.teacher import TeacherActor
+from ral_dist.messages import ChunkAccounting, join_shards, split_shards
 from ral_dist.models import append_response, build_policy, get_adapter
 from ral_dist.models.capture import use_capture_attention
 from ral_dist.models.generation import forward_responses
@@ -73,7 +74,7 @@ def test_another_family_is_refused():
 
 def _config(top_k=None, tiny=TEACHER_TINY, family="qwen2_5_vl") -> dict:
     return DistillJobConfig.model_validate({
-        "run": {"seed": 0}, "data": {"prompt_mode": MODE},
+        "run": {"seed": 0}, "data": {"prompt": {"mode": MODE}},
         "rollout": {"temperature": 0.9, "max_new_tokens": 8},
         "teacher": {"family": family, "tiny": tiny, "seed": 1, "batch_size": 3, "top_k": top_k},
     }).model_dump(mode="json")
@@ -99,8 +100,10 @@ def student_fp():
 
 def test_targets_match_a_direct_capture_row_by_row(trajectories, student_fp):
     teacher = TeacherActor(0, _config(), student_fp)
-    targets, stats = teacher.targets(trajectories)
-    assert stats["trajectories"] == len(trajectories) == len(targets) == 6
+    # the actor's call as the queue makes it: a chunk of 2 prompts x 3 cut into 2 learner ranks' shares
+    stats, *shards = teacher.targets(ChunkAccounting(groups=[0, 1]), *split_shards(trajectories, 0, 2))
+    targets = join_shards(shards, 0)
+    assert stats["trajectories"] == len(trajectories) == len(targets) == 6 and [len(s) for s in shards] == [3, 3]
 
     # the reference: the same teacher weights, each sequence alone (no batch padding), no grad
     adapter, model, processor = build_policy("qwen2_5_vl", None, TEACHER_TINY, seed=1)
@@ -108,7 +111,7 @@ def test_targets_match_a_direct_capture_row_by_row(trajectories, student_fp):
     pad = processor.tokenizer.pad_token_id
     lengths = set()
     for t, target in zip(trajectories, targets, strict=True):
-        prompts = adapter.encode(processor, [visual_prompt(t.sample, MODE)])
+        prompts = adapter.encode(processor, [visual_prompt(t.sample, DataConfig(prompt={"mode": MODE}))])
         assert prompts.prompt_len == t.prompt.length
         ids, mask = t.response.ids[None], torch.ones_like(t.response.ids)[None]
         with torch.no_grad():
@@ -130,8 +133,8 @@ def test_targets_match_a_direct_capture_row_by_row(trajectories, student_fp):
 
 
 def test_top_k_targets_are_the_top_of_the_full_distribution(trajectories, student_fp):
-    full, _ = TeacherActor(0, _config(), student_fp).targets(trajectories[:2])
-    top, _ = TeacherActor(0, _config(top_k=5), student_fp).targets(trajectories[:2])
+    full = TeacherActor(0, _config(), student_fp).targets_of(trajectories[:2])
+    top = TeacherActor(0, _config(top_k=5), student_fp).targets_of(trajectories[:2])
     for f, t in zip(full, top, strict=True):
         assert f.logprobs is not None and t.logprobs is None and t.topk_ids.shape == (len(f.token_logprobs), 5)
         want = torch.topk(f.logprobs, 5, dim=-1)

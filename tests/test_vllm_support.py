@@ -8,7 +8,7 @@ import threading
 import pytest
 import torch
 
-from ral_dist.config import ConfigError, RLJobConfig
+from ral_dist.config import ConfigError, DataConfig, RLJobConfig
 from ral_dist.data import GroundedVQAConfig
 from ral_dist.data import generate as generate_samples
 from ral_dist.models import get_adapter
@@ -25,7 +25,7 @@ def test_idefics3_blocks_collapse_to_one_placeholder_per_image_and_expand_back()
     tok = processor.tokenizer
     samples = generate_samples(GroundedVQAConfig(fraction_video=0.5), "train", 6)
     video = next(s for s in samples if s.kind == "video")
-    prompt = visual_prompt(video, "think")
+    prompt = visual_prompt(video, DataConfig())
     ids = adapter.encode(processor, [prompt]).inputs["input_ids"][0].tolist()
     request = vllm_prompt("idefics3", processor, prompt, ids)
     image = tok.convert_tokens_to_ids("<image>")
@@ -42,7 +42,7 @@ def test_qwen_placeholder_runs_collapse_and_video_frames_stack():
     assert collapse_runs([1, 7, 7, 7, 2, 7, 7, 3, 8, 8], {7, 8}) == [1, 7, 2, 7, 3, 8]
     samples = generate_samples(GroundedVQAConfig(fraction_video=0.5), "train", 6)
     video = next(s for s in samples if s.kind == "video")
-    data = multi_modal_data("qwen2_5_vl", visual_prompt(video, "think"))
+    data = multi_modal_data("qwen2_5_vl", visual_prompt(video, DataConfig()))
     assert data["video"].shape[0] == len(video.get_images())
 
 

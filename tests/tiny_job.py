@@ -2,7 +2,7 @@
 
 TINY_JOB = {
     "model": {"family": "qwen2_5_vl", "checkpoint": None},
-    "data": {"task": {"seed": 3}, "sizes": {"train": 48, "val": 8, "test": 8}, "prompt_mode": "think"},
+    "data": {"task": {"seed": 3}, "sizes": {"train": 48, "val": 8, "test": 8}, "prompt": {"mode": "think"}},
     "rollout": {"num_workers": 2, "prompts_per_step": 2, "group_size": 3, "max_new_tokens": 8,
                 "cpus_per_worker": 0.25},
     "reward": {"num_workers": 2, "cpus_per_worker": 0.1,

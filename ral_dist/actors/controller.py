@@ -30,7 +30,16 @@ from ral_dist.actors.weight_sync import make_transport
 from ral_dist.algorithms import group_advantages
 from ral_dist.config import RLJobConfig
 from ral_dist.data import Sample
-from ral_dist.messages import LearnerStepStats, PhaseTimes, RewardBatch, RewardResult
+from ral_dist.messages import (
+    LearnerStepStats,
+    PhaseTimes,
+    RewardBatch,
+    RewardResult,
+    chunk_offset,
+    per_type_summary,
+    split_shards,
+)
+from ral_dist.rewards import reward_terms
 from ral_dist.runtime import metrics
 from ral_dist.runtime.ray_cluster import wait_all
 from ral_dist.runtime.run_dir import RunDir
@@ -69,6 +78,7 @@ class Controller:
         self.train = train
         self.heatmap_samples = heatmap_samples
         self.transport = make_transport(cfg)
+        self.reward_terms = tuple(reward_terms(cfg.reward))
         self.version = 0
         self.weights: list = []  # [(version, state ref)] once the learner has published weights
         self.pg = None
@@ -119,8 +129,9 @@ class Controller:
     def _start_extra(self, on, first_bundle: int, prefix: str, config: dict) -> None:
         """Start those actors (``on(i)``: the scheduling options of bundle i) and wait until they are up."""
 
-    def _learner_inputs(self, step: int) -> dict:
-        """Further inputs of this step's ``train_step`` (a subclass's learner takes them in `attach_targets`)."""
+    def _learner_inputs(self, step: int, rank: int) -> dict:
+        """Further inputs of this step's ``train_step`` on one rank (a subclass's learner takes them in
+        `attach_targets`)."""
         return {}
 
     def _after_learn(self, step: int) -> dict:
@@ -134,20 +145,23 @@ class Controller:
             remove_placement_group(self.pg)
 
     # ------------------------------------------------------------------ one step's pieces
-    def _launch_rollout(self, step: int) -> tuple[list, float]:
+    def _launch_rollout(self, step: int) -> tuple[list[list], float]:
+        """One rollout call per worker; each chunk's refs: [accounting, rank 0's trajectories, rank 1's, ...]."""
         idx = batch_indices(step, self.cfg.rollout.prompts_per_step, len(self.train), self.cfg.run.seed)
         chunks = np.array_split(np.arange(len(idx)), len(self.rollouts))
-        refs = [w.rollout.remote(step, [self.train[idx[g]] for g in chunk], chunk.tolist(), self.weights)
+        returns = self.cfg.learner.num_ranks + 1
+        refs = [w.rollout.options(num_returns=returns).remote(step, [self.train[idx[g]] for g in chunk],
+                                                              chunk.tolist(), self.weights)
                 for w, chunk in zip(self.rollouts, chunks, strict=True) if len(chunk)]
         return refs, time.time()
 
-    def _launch_step(self, step: int) -> tuple[list, list, float]:
+    def _launch_step(self, step: int) -> tuple[list[list], list, float]:
         """The step's rollout calls and, chained on each, its reward call: a worker's batch is scored as soon as it
         lands, beside the other workers' sampling."""
-        traj_refs, t_launch = self._launch_rollout(step)
-        reward_refs = [self.rewarders[i % len(self.rewarders)].reward_batch.remote(ref)
-                       for i, ref in enumerate(traj_refs)]
-        return traj_refs, reward_refs, t_launch
+        chunks, t_launch = self._launch_rollout(step)
+        reward_refs = [self.rewarders[i % len(self.rewarders)].reward_batch.remote(*chunk)
+                       for i, chunk in enumerate(chunks)]
+        return chunks, reward_refs, t_launch
 
     def _sync_weights(self) -> tuple[float, int]:
         state_refs = [learner.state_dict.remote() for learner in self.learners]  # every rank takes part (ZeRO-3 gathers)
@@ -185,13 +199,27 @@ class Controller:
         for sample_id, png in images:
             self.run.write_heatmap(step, sample_id, png)
 
-    def _advantages(self, results: list[RewardResult]) -> tuple[list[float], int]:
-        """Group advantages (RAL.md §2); a non-finite reward gets advantage 0. Also the count of those."""
-        rewards = torch.tensor([r.total for r in results], dtype=torch.float32)
+    def _advantages(self, step: int, batches: list[RewardBatch]) -> tuple[list[list[float]], int]:
+        """Group advantages (RAL.md §2) cut into the learner ranks' shares like the trajectories; a non-finite
+        reward gets advantage 0. Also the count of those."""
+        G, ranks = self.cfg.rollout.group_size, self.cfg.learner.num_ranks
+        rewards = torch.tensor([r.total for b in batches for r in b.results], dtype=torch.float32)
         finite = torch.isfinite(rewards)
-        advantages = group_advantages(torch.where(finite, rewards, torch.zeros_like(rewards)),
-                                      self.cfg.rollout.group_size)
-        return torch.where(finite, advantages, torch.zeros_like(advantages)).tolist(), int((~finite).sum())
+        advantages = group_advantages(torch.where(finite, rewards, torch.zeros_like(rewards)), G)
+        flat = torch.where(finite, advantages, torch.zeros_like(advantages)).tolist()
+        per_rank: list[list[float]] = [[] for _ in range(ranks)]
+        start = 0
+        for b in batches:
+            n = len(b.results)
+            for r, share in enumerate(split_shards(flat[start : start + n], chunk_offset(b.accounting, G), ranks)):
+                per_rank[r].extend(share)
+            start += n
+        short = [len(a) for a in per_rank if len(a) < self.cfg.learner.num_minibatches]
+        if short:
+            raise ValueError(f"step {step}: learner ranks got {[len(a) for a in per_rank]} trajectories, fewer than "
+                             f"learner.num_minibatches ({self.cfg.learner.num_minibatches}) on some: raise "
+                             "rollout.prompts_per_step or lower learner.num_ranks / num_minibatches")
+        return per_rank, int((~finite).sum())
 
     # ------------------------------------------------------------------ the loop
     def run_steps(self, start_step: int = 0) -> list[dict]:
@@ -204,7 +232,8 @@ class Controller:
             record, phases, pending = self._run_step(step, pending)
             history.append(record)
             self.run.append_metrics(record)
-            metrics.record_step(record, phases, pending[0] if step + 1 < c.run.steps else [])
+            next_rollout = [chunk[0] for chunk in pending[0]] if step + 1 < c.run.steps else []
+            metrics.record_step(record, phases, self.reward_terms, next_rollout)
             eta = (time.time() - t_run) / (step + 1 - start_step) * (c.run.steps - step - 1)
             print(self._progress_line(record, eta), flush=True)
             if (step + 1) % c.run.heatmap_every == 0 or step == start_step:
@@ -218,8 +247,8 @@ class Controller:
         the next step's launched calls."""
         c, timeout = self.cfg, self.cfg.run.timeout_s
         t_step = time.time()
-        traj_refs, reward_refs, t_launch = pending
-        wait_all(traj_refs, f"rollouts of step {step}", timeout)
+        chunks, reward_refs, t_launch = pending
+        wait_all([chunk[0] for chunk in chunks], f"rollouts of step {step}", timeout)
         # launch → observed done (in one_step_off this overlaps the previous learn), and the time we blocked
         rollout_s, rollout_wait_s = time.time() - t_launch, time.time() - t_step
         t0 = time.time()  # reward_s: the wait for rewards once every rollout is in
@@ -229,13 +258,14 @@ class Controller:
         if not results:
             raise RuntimeError(f"step {step}: every prompt was skipped: {accounting['skipped']}")
         reward_s = time.time() - t0
-        advantages, nonfinite = self._advantages(results)
+        advantages, nonfinite = self._advantages(step, batches)
 
         if c.run.mode == "one_step_off" and step + 1 < c.run.steps:
             pending = self._launch_step(step + 1)  # samples with the weights of this step's start
         t0 = time.time()
-        stats = wait_all([learner.train_step.remote(step, traj_refs, advantages, **self._learner_inputs(step))
-                          for learner in self.learners], f"learner step {step}", timeout)[0]
+        stats = wait_all([learner.train_step.remote(step, [chunk[1 + r] for chunk in chunks], advantages[r],
+                                                    **self._learner_inputs(step, r))
+                          for r, learner in enumerate(self.learners)], f"learner step {step}", timeout)[0]
         learn_s = time.time() - t0
         self.version += 1
         sync_s, sync_bytes = self._sync_weights()
@@ -278,6 +308,7 @@ class Controller:
             "step": step, "policy_version": self.version, "n_trajectories": len(results),
             "reward_mean": float(np.mean([r.total for r in results])),
             "accuracy": float(np.mean([r.accuracy for r in results])),
+            "per_type": per_type_summary(results),
             "attention_on_target": _nanmean([r.attention_on_target for r in results]),
             **{f"reward_{k}": float(np.mean([r.terms[k] for r in results])) for k in results[0].terms},
             **stats.as_record(), "nonfinite_rewards": nonfinite, **dataclasses.asdict(phases),

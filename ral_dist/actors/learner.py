@@ -29,7 +29,7 @@ import torch.distributed as dist
 
 from ral_dist.algorithms import LossTerms, ral_loss, tis_weights
 from ral_dist.config import RLJobConfig
-from ral_dist.messages import LearnerStepStats, Trajectory, flatten
+from ral_dist.messages import LearnerStepStats, Trajectory
 from ral_dist.messages.collate import LearnerBatch, learner_batch, response_batch
 from ral_dist.models import build_policy, freeze_vision_tower
 from ral_dist.models.capture import use_capture_attention
@@ -50,12 +50,12 @@ LOSS_STATS = ("loss", "policy_loss", "kl", "attn_loss", "attn_jsd", "clip_fracti
 
 
 def _resolve(trajectories: list) -> list[Trajectory]:
-    """The step's trajectories: plain, or Ray object refs each resolving to a RolloutBatch (or a list)."""
+    """This rank's trajectories: plain, or Ray object refs each resolving to a list of them (one per chunk)."""
     if all(isinstance(t, Trajectory) for t in trajectories):
         return list(trajectories)
     import ray  # only the Ray path needs it; tests run without a Ray cluster
 
-    return flatten([ray.get(t) if isinstance(t, ray.ObjectRef) else t for t in trajectories])
+    return [t for item in trajectories for t in (ray.get(item) if isinstance(item, ray.ObjectRef) else item)]
 
 
 @dataclass
@@ -159,18 +159,19 @@ class Learner:
 
     @metrics.timed("learner", record=metrics.record_learner)
     def train_step(self, step: int, trajectories: list, advantages: list[float], **inputs) -> LearnerStepStats:
-        """ppo_epochs x num_minibatches updates on this rank's shard of the step; stats averaged over ranks.
+        """ppo_epochs x num_minibatches updates on this rank's share of the step; stats averaged over ranks.
 
-        ``trajectories``: the whole step, or Ray object refs each resolving to a RolloutBatch (the controller passes
-        refs, so the tensors go from the object store straight here). ``advantages``: the group advantages in the
-        same (flattened) order. ``inputs``: what `attach_targets` takes (the distillation job's teacher targets).
+        ``trajectories``: this rank's share (`ral_dist.messages.split_shards`), plain or as Ray object refs each
+        resolving to a list of them (the controller passes one ref per rollout chunk, so each rank fetches only its
+        own tensors from the object store). ``advantages``: their group advantages, in the same order. ``inputs``:
+        what `attach_targets` takes (the distillation job's teacher targets).
         """
         t0 = time.time()
-        everything = _resolve(trajectories)
-        if len(advantages) != len(everything):
-            raise ValueError(f"step {step}: {len(advantages)} advantages for {len(everything)} trajectories")
-        step_stats = self.attach_targets(step, everything, **inputs)
-        shard, lr = self.prepare_step(step, everything, advantages)
+        mine = _resolve(trajectories)
+        if len(advantages) != len(mine):
+            raise ValueError(f"step {step}: {len(advantages)} advantages for {len(mine)} trajectories")
+        step_stats = self.attach_targets(step, mine, **inputs)
+        shard, lr = self.prepare_step(step, mine, advantages)
         if self.cfg.learner.tis_cap is not None:
             step_stats |= self._tis_step_stats(shard)
         ref_cache: dict[int, torch.Tensor] = {}
@@ -178,23 +179,18 @@ class Learner:
         for epoch in range(self.cfg.learner.ppo_epochs):
             for indices in self._minibatches(len(shard.trajectories), step, epoch):
                 outcomes.append(self._update(self._minibatch(shard, indices, ref_cache), self._measures(step)))
-        staleness = self.version - min(t.behaviour.version for t in everything)
         self.version += 1
-        return self._reduce(step, outcomes, step_stats, lr, everything, staleness, time.time() - t0)
+        return self._reduce(step, outcomes, step_stats, lr, mine, time.time() - t0)
 
-    def prepare_step(self, step: int, everything: list[Trajectory], advantages: list[float]
-                     ) -> tuple[StepShard, float]:
+    def prepare_step(self, step: int, trajs: list[Trajectory], advantages: list[float]) -> tuple[StepShard, float]:
         """This rank's shard (p_old and the old log-probs recomputed when learner.old_policy=recompute) and the
         step's lr (from the step number, so a resumed run continues the same schedule)."""
         lc = self.cfg.learner
-        # Checked identically on every rank (all see the whole list), so a bad batch fails everywhere, not by hanging.
-        need = self.world_size * lc.num_minibatches
-        if len(everything) < need:
-            raise ValueError(f"step {step}: {len(everything)} trajectories cannot fill {lc.num_minibatches} "
-                             f"mini-batches on each of {self.world_size} ranks (need >= {need})")
-        trajs = everything[self.rank :: self.world_size]
-        shard = StepShard(trajs, [float(a) for a in advantages[self.rank :: self.world_size]],
-                          [t.behaviour.logprobs for t in trajs])
+        # The controller checks every rank's count before the step (a rank that raised here alone would leave the
+        # others waiting in a collective until the timeout).
+        if len(trajs) < lc.num_minibatches:
+            raise ValueError(f"step {step}: {len(trajs)} trajectories cannot fill {lc.num_minibatches} mini-batches")
+        shard = StepShard(trajs, [float(a) for a in advantages], [t.behaviour.logprobs for t in trajs])
         if lc.old_policy == "recompute":
             shard.trajectories = self._recompute_old(shard, self._minibatches(len(trajs), step, 0))
         lr = cosine_lr(step, self.cfg.run.steps, lc.lr, lc.warmup_steps, lc.min_lr_ratio)
@@ -226,7 +222,7 @@ class Learner:
         replaced: list = [None] * len(shard.trajectories)
         for mb in minibatches:
             trajs = [shard.trajectories[i] for i in mb]
-            batch = response_batch(self.adapter, self.processor, trajs, self.cfg.data.prompt_mode).to(self.device)
+            batch = response_batch(self.adapter, self.processor, trajs, self.cfg.data).to(self.device)
             fwd = self._forward(self.ds_engine.module, batch)
             logprobs = batch.unpad(fwd.logprobs)
             rows = batch.unpad(fwd.attention, keys=True)
@@ -240,7 +236,7 @@ class Learner:
         lc = self.cfg.learner
         trajs = [shard.trajectories[i] for i in indices]
         batch = learner_batch(self.adapter, self.processor, trajs, [shard.advantages[i] for i in indices],
-                              self.cfg.data.prompt_mode).to(self.device)
+                              self.cfg.data).to(self.device)
         ref = self._ref_logprobs(batch, indices, ref_cache) if self.ref_model is not None else None
         weights = None
         if lc.tis_cap is not None:
@@ -306,17 +302,22 @@ class Learner:
                 "tis_truncated_fraction": float(sums[1] / sums[2])}
 
     def _reduce(self, step: int, outcomes: list[dict | None], step_stats: dict[str, float], lr: float,
-                everything: list[Trajectory], staleness: int, seconds: float) -> LearnerStepStats:
-        """One all-reduce for every per-rank scalar: the mean stats (over this rank's applied updates) and the
+                mine: list[Trajectory], seconds: float) -> LearnerStepStats:
+        """One all-reduce for every per-rank scalar: the mean stats (over this rank's applied updates), the
         per-update attention gradient norms (every rank runs the same number of updates; the logged norm is the
-        mean of the ranks' local norms, not the norm of the averaged gradient)."""
+        mean of the ranks' local norms, not the norm of the averaged gradient) and the step's counts; one more for
+        the oldest policy version of the step."""
         names = LOSS_STATS + self.extra_loss_stats
         applied = [o for o in outcomes if o is not None]
         means = [sum(o[k] for o in applied) / len(applied) if applied else float("nan") for k in names]
         norms = [o["attn_grad_norm"] if o is not None else float("nan") for o in outcomes]
-        packed = torch.tensor(means + norms, dtype=torch.float64, device=self.device)
+        counts = [len(mine), sum(len(t.response.ids) for t in mine)]
+        packed = torch.tensor(means + norms + counts, dtype=torch.float64, device=self.device)
         dist.all_reduce(packed)
-        packed = (packed / self.world_size).cpu().tolist()
+        n_trajectories, n_tokens = (int(v) for v in packed[-2:].tolist())
+        packed = (packed[:-2] / self.world_size).cpu().tolist()
+        oldest = torch.tensor([min(t.behaviour.version for t in mine)], dtype=torch.float64, device=self.device)
+        dist.all_reduce(oldest, op=dist.ReduceOp.MIN)
         mean = dict(zip(names, packed[: len(names)], strict=True))
         by_mb = packed[len(names) :]
         finite_norms = [g for g in by_mb if math.isfinite(g)]
@@ -327,9 +328,8 @@ class Learner:
             **{k: mean[k] for k in LOSS_STATS},
             attn_grad_norm=float(np.mean(finite_norms)) if finite_norms else float("nan"),
             attn_grad_norm_first=by_mb[0], attn_grad_norm_by_minibatch=by_mb, skipped_updates=skipped,
-            updates=len(applied), lr=lr, n_trajectories=len(everything),
-            n_tokens=int(sum(len(t.response.ids) for t in everything)), learn_s=seconds, staleness_max=staleness,
-            version=self.version, warnings=warnings,
+            updates=len(applied), lr=lr, n_trajectories=n_trajectories, n_tokens=n_tokens, learn_s=seconds,
+            staleness_max=self.version - 1 - int(oldest.item()), version=self.version, warnings=warnings,
             extra=step_stats | {k: mean[k] for k in self.extra_loss_stats})
 
     # ------------------------------------------------------------------ weights and checkpoints

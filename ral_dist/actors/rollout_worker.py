@@ -15,7 +15,7 @@ import torch
 from ral_dist.config import RLJobConfig
 from ral_dist.evaluation.greedy import response_view
 from ral_dist.evaluation.heatmaps import answer_heatmap
-from ral_dist.messages import ChunkAccounting, RolloutBatch, SkippedPrompt, Trajectory
+from ral_dist.messages import ChunkAccounting, SkippedPrompt, Trajectory, chunk_offset, split_shards
 from ral_dist.messages.collate import trajectories_from_generation
 from ral_dist.models import build_policy
 from ral_dist.models.capture import use_capture_attention
@@ -56,9 +56,11 @@ class RolloutWorker:
         self.vllm_engine.weight_transfer(method, *args)
 
     @metrics.timed("rollout")
-    def rollout(self, step: int, samples: list, groups: list[int], weights: list | None = None) -> RolloutBatch:
-        """G responses for each prompt. ``weights`` = [(version, state ref)] of the current policy: a worker that
-        Ray restarted (so it holds the initial weights) loads them before it samples."""
+    def rollout(self, step: int, samples: list, groups: list[int], weights: list | None = None) -> tuple:
+        """G responses for each prompt: (the chunk's accounting, then one list of trajectories per learner rank,
+        `split_shards`), so that Ray stores each rank's share as its own object (call with num_returns =
+        learner.num_ranks + 1). ``weights`` = [(version, state ref)] of the current policy: a worker that Ray
+        restarted (so it holds the initial weights) loads them before it samples."""
         if weights:
             version, state_ref = weights[0]
             if version != self.version:
@@ -73,14 +75,16 @@ class RolloutWorker:
                 raise
             trajectories = self._sample(step, [s for s, _ in good], [g for _, g in good]) if good else []
         engine_stats = dict(self.vllm_engine.stats) if self.vllm_engine is not None else {}
-        return RolloutBatch(trajectories, ChunkAccounting(groups, skipped, restarted, engine_stats))
+        accounting = ChunkAccounting(groups, skipped, restarted, engine_stats)
+        offset = chunk_offset(accounting, self.cfg.rollout.group_size)
+        return (accounting, *split_shards(trajectories, offset, self.cfg.learner.num_ranks))
 
     def _processable(self, samples: list, groups: list[int]) -> tuple[list[tuple], list[SkippedPrompt]]:
         """(sample, group) of the prompts the adapter can encode, and the others with why."""
         good, skipped = [], []
         for sample, group in zip(samples, groups, strict=True):
             try:
-                self.adapter.encode(self.processor, [visual_prompt(sample, self.cfg.data.prompt_mode)])
+                self.adapter.encode(self.processor, [visual_prompt(sample, self.cfg.data)])
                 good.append((sample, group))
             except Exception as exc:  # noqa: BLE001 — any failure of one prompt is that prompt's reason
                 skipped.append(SkippedPrompt(group, sample.id, f"{type(exc).__name__}: {exc}"[:200]))
@@ -88,7 +92,7 @@ class RolloutWorker:
 
     def _sample(self, step: int, samples: list, groups: list[int]) -> list[Trajectory]:
         rc = self.cfg.rollout
-        prompts = [visual_prompt(s, self.cfg.data.prompt_mode) for s in samples]
+        prompts = [visual_prompt(s, self.cfg.data) for s in samples]
         seed = hash((self.cfg.run.seed, step, groups[0] if groups else 0)) % 2**31
         if self.vllm_engine is not None:
             gen = self.vllm_engine.rollout_generation(prompts, seed)
@@ -105,14 +109,14 @@ class RolloutWorker:
 
     def heatmaps(self, samples: list) -> list[tuple[str, bytes]]:
         """Greedy answers to fixed prompts and PNG heatmaps of their answer tokens' visual attention."""
-        mode = self.cfg.data.prompt_mode
-        gen = generate(self.adapter, self.model, self.processor, [visual_prompt(s, mode) for s in samples],
-                       greedy=True, max_new_tokens=self.cfg.rollout.max_new_tokens, capture=True,
-                       capture_question=True)
+        prompts = [visual_prompt(s, self.cfg.data) for s in samples]
+        gen = generate(self.adapter, self.model, self.processor, prompts, greedy=True,
+                       max_new_tokens=self.cfg.rollout.max_new_tokens, capture=True, capture_question=True)
         out = []
         for i, s in enumerate(samples):
             buf = io.BytesIO()
-            answer_heatmap(response_view(gen, i, s, self.temporal_patch, self.processor.tokenizer, mode), buf)
+            view = response_view(gen, i, s, self.temporal_patch, self.processor.tokenizer, self.cfg.data.prompt.mode)
+            answer_heatmap(view, prompts[i].frames, buf)
             out.append((s.id, buf.getvalue()))
         return out
 

@@ -11,10 +11,20 @@ from ral_dist.algorithms.attention_rewards import consistency, sparsity
 from ral_dist.algorithms.distill_loss import DistillTerms, distill_loss, reverse_kl_full, reverse_kl_topk
 from ral_dist.algorithms.jsd import jsd
 from ral_dist.algorithms.policy_loss import clipped_surrogate, k3_kl, tis_weights
+from ral_dist.algorithms.problem_type_rewards import (
+    PROBLEM_TYPES,
+    ProblemType,
+    option_letter,
+    parse_number,
+    problem_type_accuracy,
+    strip_answer_tags,
+)
 from ral_dist.algorithms.ral_loss import LossTerms, ral_loss
 from ral_dist.algorithms.score import Score
 
 __all__ = [
+    "PROBLEM_TYPES",
+    "ProblemType",
     "DistillTerms",
     "LossTerms",
     "Score",
@@ -31,11 +41,15 @@ __all__ = [
     "k3_kl",
     "masked_mean",
     "normalize_answer",
+    "option_letter",
+    "parse_number",
+    "problem_type_accuracy",
     "ral_attention_loss",
     "ral_loss",
     "reverse_kl_full",
     "reverse_kl_topk",
     "row_jsd",
     "sparsity",
+    "strip_answer_tags",
     "tis_weights",
 ]

@@ -67,16 +67,22 @@ def normalize_answer(s: str) -> str:
     return " ".join(out)
 
 
+def answer_or_reason(response: str) -> tuple[str | None, str | None]:
+    """(the content of the last <answer> tag, None), or (None, why a task rule scores the response 0)."""
+    if not isinstance(response, str):
+        return None, "not_a_string"
+    answer = extract_answer(response)
+    if answer is None:
+        return None, "no_answer_tag"
+    return (answer, None) if answer else (None, "empty_answer")
+
+
 @never_raises
 def exact_match(response: str, ground_truth: str) -> Score:
     """1.0 when the normalised content of the last <answer> tag equals the normalised ground truth."""
-    if not isinstance(response, str):
-        return Score(0.0, "not_a_string")
-    answer = extract_answer(response)
+    answer, reason = answer_or_reason(response)
     if answer is None:
-        return Score(0.0, "no_answer_tag")
-    if not answer:
-        return Score(0.0, "empty_answer")
+        return Score(0.0, reason)
     return Score(1.0 if normalize_answer(answer) == normalize_answer(ground_truth) else 0.0, None)
 
 

@@ -66,15 +66,16 @@ def sample_from_scene(scene: Scene, qa: QA, sample_id: str, split: str = "") -> 
         id=sample_id,
         kind="video" if scene.is_video else "image",
         images=images,
-        image_paths=[f"images/{image_filename(split, sample_id, k)}" for k in range(len(images))],
+        media=[f"images/{image_filename(split, sample_id, k)}" for k in range(len(images))],
         question=qa.question,
         answer=qa.answer,
         qtype=qa.qtype,
         regions=[list(r) for r in qa.regions],
         rationale=qa.rationale,
         layout_key=scene.layout_key(),
+        frame_hw=(scene.canvas, scene.canvas),
         meta={"params": qa.params, "scene": scene.to_dict(), "split": split, "canvas": scene.canvas,
-              "grid": scene.grid, "frame_hw": (scene.canvas, scene.canvas)},
+              "grid": scene.grid},
     )
 
 

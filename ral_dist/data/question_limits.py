@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
-
-from .dataset_io import Skipped
+from .rows import Skipped
 from .sample import Sample
 
 
@@ -20,7 +18,7 @@ def limit_questions(samples: list[Sample], max_chars: int, policy: str = "trunca
             skipped.append(Skipped(line=s.meta.get("line", 0), id=s.id,
                                    reason=f"question longer than {max_chars} characters"))
         elif len(question) > max_chars:
-            kept.append(dataclasses.replace(s, question=question[:max_chars]))
+            kept.append(s.model_copy(update={"question": question[:max_chars]}))
             truncated += 1
         else:
             kept.append(s)

@@ -38,7 +38,7 @@ class DistillController(Controller):
             for i in range(tc.num_workers)]
         # A teacher that does not match the student fails in its constructor: here, before any step.
         wait_all([t.ready.remote() for t in self.teachers], "teachers to start", c.run.timeout_s)
-        self.queue = TeacherQueue(self.teachers, tc.queue_size, self._audit_path)
+        self.queue = TeacherQueue(self.teachers, tc.queue_size, c.learner.num_ranks, self._audit_path)
 
     def _audit_path(self, step: int, chunk: int) -> str | None:
         if step >= self.cfg.teacher.audit_steps:
@@ -55,9 +55,10 @@ class DistillController(Controller):
         self.queue.put(step, refs)  # each call starts when its chunk is sampled
         return refs, t_launch
 
-    def _learner_inputs(self, step: int) -> dict:
-        self._depth = self.queue.depth()  # what the learners find when they start
-        return {"teacher": self.queue.targets(step)}
+    def _learner_inputs(self, step: int, rank: int) -> dict:
+        if rank == 0:
+            self._depth = self.queue.depth()  # what the learners find when they start
+        return {"teacher": self.queue.targets(step, rank)}
 
     def _after_learn(self, step: int) -> dict:
         # the learners returned, i.e. consumed the step's targets: free their slots

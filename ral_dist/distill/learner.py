@@ -30,10 +30,10 @@ from ral_dist.models.generation import ResponseForward
 
 def fetch_targets(trajectories: list[Trajectory], teacher: list, step: int, timeout_s: float
                   ) -> tuple[list[TeacherTargets], float]:
-    """The targets of every trajectory, in order, and the seconds spent waiting for the teacher.
+    """The targets of every trajectory of this rank's share, in order, and the seconds spent waiting for the teacher.
 
-    ``teacher``: per rollout chunk, an ObjectRef of (or a plain) list of `TeacherTargets`, in the order of the
-    chunks the trajectories came from; a failed teacher call raises as soon as it fails.
+    ``teacher``: per rollout chunk, an ObjectRef of (or a plain) list of `TeacherTargets`: this rank's share of the
+    chunk's targets, cut like its trajectories; a failed teacher call raises as soon as it fails.
     """
     t0 = time.time()
     chunks: list = list(teacher)
@@ -83,8 +83,7 @@ class DistillLearner(Learner):
                        ) -> dict[str, float]:
         if teacher is None:
             raise ValueError(f"step {step}: the distillation learner needs the teacher's targets")
-        targets, waited = fetch_targets(trajectories, teacher, step, self.cfg.run.timeout_s)
-        self._shard_targets = targets[self.rank :: self.world_size]  # aligned with the rank's shard
+        self._shard_targets, waited = fetch_targets(trajectories, teacher, step, self.cfg.run.timeout_s)
         return {"teacher_wait_s": waited}
 
     def compute_loss(self, mb: MiniBatch, forward: ResponseForward) -> tuple[LossTerms, dict[str, torch.Tensor]]:

@@ -15,7 +15,7 @@ import torch
 from ral_dist.config import DistillJobConfig
 from ral_dist.distill.pairing import check_pair, fingerprint
 from ral_dist.distill.targets import TeacherTargets
-from ral_dist.messages import RolloutBatch, Trajectory
+from ral_dist.messages import ChunkAccounting, Trajectory, chunk_offset, join_shards, split_shards
 from ral_dist.messages.collate import response_batch
 from ral_dist.models import build_policy
 from ral_dist.models.capture import use_capture_attention
@@ -67,27 +67,35 @@ class TeacherActor:
         return self.index
 
     @metrics.timed("teacher")
-    def targets(self, batch: RolloutBatch | list[Trajectory], audit_path: str | None = None
-                ) -> tuple[list[TeacherTargets], dict]:
-        """Targets for every trajectory of one rollout chunk, in order, and {"seconds", "trajectories"}.
+    def targets(self, accounting: ChunkAccounting, *shards: list[Trajectory], audit_path: str | None = None
+                ) -> tuple:
+        """Targets of one rollout chunk (its accounting and its trajectories cut into the learner ranks' shares):
+        ({"seconds", "trajectories"}, then each rank's targets, cut like its trajectories).
 
         With ``audit_path`` the chunk's trajectories and targets are also saved there (torch.save).
         """
         t0 = time.perf_counter()
-        trajs = batch.trajectories if isinstance(batch, RolloutBatch) else list(batch)
-        out: list[TeacherTargets] = []
-        for start in range(0, len(trajs), self.cfg.teacher.batch_size):
-            out.extend(self._targets_of(trajs[start : start + self.cfg.teacher.batch_size]))
+        offset = chunk_offset(accounting, self.cfg.rollout.group_size)
+        trajs = join_shards(list(shards), offset)
+        out = self.targets_of(trajs)
         if audit_path:
             Path(audit_path).parent.mkdir(parents=True, exist_ok=True)
             torch.save({"trajectories": trajs, "targets": out}, audit_path)
-        return out, {"seconds": time.perf_counter() - t0, "trajectories": len(out)}
+        stats = {"seconds": time.perf_counter() - t0, "trajectories": len(out)}
+        return (stats, *split_shards(out, offset, len(shards)))
+
+    def targets_of(self, trajs: list[Trajectory]) -> list[TeacherTargets]:
+        """Targets for every trajectory, in order, in batches of teacher.batch_size."""
+        out: list[TeacherTargets] = []
+        for start in range(0, len(trajs), self.cfg.teacher.batch_size):
+            out.extend(self._targets_of(trajs[start : start + self.cfg.teacher.batch_size]))
+        return out
 
     @torch.no_grad()
     def _targets_of(self, trajs: list[Trajectory]) -> list[TeacherTargets]:
         cfg, tc = self.cfg, self.cfg.teacher
         # Re-encoded with the teacher's processor; a prompt that encodes to another length than the student's fails.
-        batch = response_batch(self.adapter, self.processor, trajs, cfg.data.prompt_mode).to(self.device)
+        batch = response_batch(self.adapter, self.processor, trajs, cfg.data).to(self.device)
         fwd = forward_responses(self.adapter, self.model, batch.prompts, batch.response_ids, batch.response_mask,
                                 self.processor.tokenizer.pad_token_id, temperature=cfg.rollout.temperature,
                                 capture=True, alignment=cfg.rollout.attention_rows, keep_logits=True)

@@ -35,10 +35,10 @@ def save_heatmap(frames: list[Image.Image], visual_attention: torch.Tensor, grid
     canvas.save(path, format="PNG")
 
 
-def answer_heatmap(view: ResponseView, path: str | Path | BinaryIO) -> None:
-    """The answer tokens' mean visual attention over the response's frames, titled with question, response and
+def answer_heatmap(view: ResponseView, frames: list[Image.Image], path: str | Path | BinaryIO) -> None:
+    """The answer tokens' mean visual attention over the frames the model saw, titled with question, response and
     ground truth."""
     visual = view.attention[view.answer_rows][:, view.visual_positions].mean(0)
     s = view.sample
-    save_heatmap(s.get_images(), visual, view.visual_grid, view.temporal_patch, path,
+    save_heatmap(frames, visual, view.visual_grid, view.temporal_patch, path,
                  title=f"{s.question} -> {view.text!r} (gt {s.answer})")

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ral_dist.data.data_config import DataConfig
 from ral_dist.messages.trajectory import BehaviourPolicy, EncodedPrompt, Response, Trajectory
 from ral_dist.models import PromptBatch, VLMAdapter
 from ral_dist.models.generation import Generation
@@ -61,7 +62,8 @@ def trajectories_from_generation(gen: Generation, samples: list, groups: list[in
         prompt = EncodedPrompt(sample=samples[i], group=groups[i], length=p,
                                visual_positions=gen.prompts.visual_positions[i] - off,
                                question_positions=gen.prompts.question_positions[i] - off,
-                               visual_grid=gen.prompts.visual_grids[i], temporal_patch=temporal_patch)
+                               visual_grid=gen.prompts.visual_grids[i], temporal_patch=temporal_patch,
+                               n_frames=gen.prompts.frame_counts[i])
         response = Response(ids=gen.response_ids[i, :n].clone(), text=gen.texts[i],
                             truncated=n == max_new_tokens and n == gen.response_ids.shape[1])
         behaviour = BehaviourPolicy(version=version, logprobs=logprobs[i].float().clone(),
@@ -111,10 +113,10 @@ class LearnerBatch(ResponseBatch):
     advantages: torch.Tensor  # [B]
 
 
-def response_batch(adapter: VLMAdapter, processor, trajectories: list[Trajectory], mode: str) -> ResponseBatch:
-    """Re-encode the prompts and lay the responses out in that padding (a prompt that re-encodes to another length
-    than the rollout's fails: every position would be off)."""
-    prompts = adapter.encode(processor, [visual_prompt(t.sample, mode) for t in trajectories])
+def response_batch(adapter: VLMAdapter, processor, trajectories: list[Trajectory], data: DataConfig) -> ResponseBatch:
+    """Re-encode the prompts (their media decoded here) and lay the responses out in that padding (a prompt that
+    re-encodes to another length than the rollout's fails: every position would be off)."""
+    prompts = adapter.encode(processor, [visual_prompt(t.sample, data) for t in trajectories])
     lengths = prompts.inputs["attention_mask"].sum(1).tolist()
     for t, n in zip(trajectories, lengths, strict=True):
         if n != t.prompt.length:
@@ -130,9 +132,9 @@ def response_batch(adapter: VLMAdapter, processor, trajectories: list[Trajectory
 
 
 def learner_batch(adapter: VLMAdapter, processor, trajectories: list[Trajectory], advantages: Sequence[float],
-                  mode: str) -> LearnerBatch:
+                  data: DataConfig) -> LearnerBatch:
     """`response_batch` plus the behaviour policy's log-probs and p_old rows in that padding, and the advantages."""
-    rb = response_batch(adapter, processor, trajectories, mode)
+    rb = response_batch(adapter, processor, trajectories, data)
     B, R = rb.response_ids.shape
     old_logprobs = rb.pad([t.behaviour.logprobs for t in trajectories], torch.zeros((B, R)))
     p_old = rb.pad([t.behaviour.attention for t in trajectories], torch.zeros((B, R, rb.prompts.prompt_len + R)),

@@ -1,4 +1,5 @@
-"""What a rollout worker sends: trajectories (one sampled response each) and the accounting of its chunk.
+"""What a rollout worker sends: trajectories (one sampled response each), cut into the learner ranks' shares, and
+the accounting of its chunk.
 
 Plain frozen dataclasses of CPU tensors, pickled through Ray's object store; a record that crossed the store is
 never changed in place (the learner replaces a whole part with `dataclasses.replace`). Everything is stored
@@ -26,6 +27,7 @@ class EncodedPrompt:
     question_positions: torch.Tensor  # [Q] the question's text tokens
     visual_grid: tuple[int, int, int]  # (t, rows, cols) of the visual tokens
     temporal_patch: int  # frames per visual token-frame
+    n_frames: int  # frames the model saw (a video file's: as decoded)
 
 
 @dataclass(frozen=True)
@@ -73,17 +75,29 @@ class ChunkAccounting:
     engine_stats: dict[str, float] = field(default_factory=dict)  # vllm engine: log-prob mismatch sums
 
 
-@dataclass(frozen=True)
-class RolloutBatch:
-    """One rollout worker's share of a step: G trajectories per prompt it could process."""
-
-    trajectories: list[Trajectory]
-    accounting: ChunkAccounting
+def chunk_offset(accounting: ChunkAccounting, group_size: int) -> int:
+    """Where a chunk's trajectories start in its step, as scheduled (the G responses of each earlier prompt)."""
+    return accounting.groups[0] * group_size if accounting.groups else 0
 
 
-def flatten(batches: list) -> list[Trajectory]:
-    """Trajectories of RolloutBatch objects (or plain lists of trajectories), in order."""
-    out: list[Trajectory] = []
-    for item in batches:
-        out.extend(item.trajectories if isinstance(item, RolloutBatch) else item)
+def split_shards(items: list, offset: int, ranks: int) -> list[list]:
+    """A chunk's items (trajectories, advantages, teacher targets) cut into the learner ranks' shares: item i of a
+    chunk starting at ``offset`` goes to rank (offset + i) % ranks. Every producer and consumer of a chunk cuts it
+    the same way, so each learner rank fetches only its own share of a step; with no prompt skipped, rank r's share
+    of the whole step is the step's items r, r + ranks, r + 2 ranks, ..."""
+    shards: list[list] = [[] for _ in range(ranks)]
+    for i, item in enumerate(items):
+        shards[(offset + i) % ranks].append(item)
+    return shards
+
+
+def join_shards(shards: list[list], offset: int) -> list:
+    """The inverse of `split_shards`: the chunk's items in order."""
+    ranks, n = len(shards), sum(len(s) for s in shards)
+    taken = [0] * ranks
+    out = []
+    for i in range(n):
+        r = (offset + i) % ranks
+        out.append(shards[r][taken[r]])
+        taken[r] += 1
     return out

@@ -23,10 +23,15 @@ class VisualPrompt:
     """One prompt: an image (one frame) or a video (several frames), and the question asked about it."""
 
     frames: list[Image.Image]
-    question: str
+    question: str  # the question's text: its tokens are the question tokens (the consistency reward's rows)
     kind: Literal["image", "video"] = "image"
-    instruction: str = ""  # appended to the question in the user turn (e.g. the answer-format instruction)
+    text: str | None = None  # the whole user turn, containing the question (a template's output); None: the question
     system: str | None = None
+    fps: float | None = None  # frames per second a video was sampled at (Qwen's mrope times its frames); None: unknown
+
+    @property
+    def user_text(self) -> str:
+        return self.question if self.text is None else self.text
 
 
 @dataclass
@@ -44,6 +49,7 @@ class PromptBatch:
     question_positions: list[torch.Tensor]
     visual_grids: list[tuple[int, int, int]]
     prompt_texts: list[str] = field(default_factory=list)
+    frame_counts: list[int] = field(default_factory=list)  # frames of each prompt as the model saw them
 
     @property
     def prompt_len(self) -> int:

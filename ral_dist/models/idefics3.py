@@ -82,8 +82,7 @@ class Idefics3Adapter(VLMAdapter):
                        + processor.image_token * processor.image_seq_len + processor.fake_image_token)
         id_lists, q_lists, pixels, pixel_masks, grids, texts = [], [], [], [], [], []
         for pr in prompts:
-            user_text = pr.question + (f" {pr.instruction}" if pr.instruction else "")
-            content = [{"type": "image"} for _ in pr.frames] + [{"type": "text", "text": user_text}]
+            content = [{"type": "image"} for _ in pr.frames] + [{"type": "text", "text": pr.user_text}]
             messages = ([{"role": "system", "content": pr.system}] if pr.system else []) + [
                 {"role": "user", "content": content}]
             text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
@@ -109,4 +108,4 @@ class Idefics3Adapter(VLMAdapter):
                   "pixel_attention_mask": pm}
         visual = [torch.nonzero(input_ids[b] == image_id).flatten() for b in range(len(prompts))]
         question = [torch.tensor(q, dtype=torch.long) + off for q, off in zip(q_lists, pad_offsets, strict=True)]
-        return PromptBatch(inputs, visual, question, grids, texts)
+        return PromptBatch(inputs, visual, question, grids, texts, [len(pr.frames) for pr in prompts])

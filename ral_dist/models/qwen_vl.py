@@ -176,10 +176,9 @@ class QwenVLAdapter(VLMAdapter):
                 pad_token = processor.image_token
             t, gh, gw = (int(v) for v in grid[0])
             grids.append((t, gh // processor.merge_size, gw // processor.merge_size))
-            user_text = pr.question + (f" {pr.instruction}" if pr.instruction else "")
             messages = [
                 {"role": "system", "content": pr.system or DEFAULT_SYSTEM},
-                {"role": "user", "content": [{"type": pr.kind}, {"type": "text", "text": user_text}]},
+                {"role": "user", "content": [{"type": pr.kind}, {"type": "text", "text": pr.user_text}]},
             ]
             text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
             text = text.replace(pad_token, pad_token * (int(grid.prod()) // m2), 1)
@@ -202,8 +201,10 @@ class QwenVLAdapter(VLMAdapter):
         if video_values:
             inputs["pixel_values_videos"] = torch.cat(video_values)
             inputs["video_grid_thw"] = torch.cat(video_grids)
+            # seconds per temporal patch of each video, from the rate its frames were sampled at
             tp = processor.image_processor.temporal_patch_size
-            inputs["second_per_grid_ts"] = torch.full((len(video_values),), tp / processor.fps)
+            inputs["second_per_grid_ts"] = torch.tensor([tp / (pr.fps or processor.fps) for pr in prompts
+                                                         if pr.kind == "video"])
         visual = [torch.nonzero(is_image[b] | is_video[b]).flatten() for b in range(len(prompts))]
         question = [torch.tensor(q, dtype=torch.long) + off for q, off in zip(q_lists, offsets, strict=True)]
-        return PromptBatch(inputs, visual, question, grids, texts)
+        return PromptBatch(inputs, visual, question, grids, texts, [len(pr.frames) for pr in prompts])

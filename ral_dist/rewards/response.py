@@ -24,8 +24,14 @@ class ResponseView:
     visual_positions: torch.Tensor  # [V] columns of the visual tokens, order (t, row, col)
     visual_grid: tuple[int, int, int]  # (t, rows, cols) of those visual tokens
     temporal_patch: int  # frames per visual token-frame
+    n_frames: int  # frames the model saw (the regions' frame indices index them)
     tokenizer: Any
     mode: str  # prompt mode: think | answer_only
+
+    @property
+    def problem_type(self) -> str:
+        """The sample's problem type: which `reward.task: video_r1` rule scores it."""
+        return self.sample.problem_type
 
     @cached_property
     def answer_rows(self) -> torch.Tensor:
@@ -37,7 +43,7 @@ class ResponseView:
         rows' visual mass); target_fraction: its value under uniform attention (chance). NaN without regions."""
         if not self.sample.regions:
             return {"attention_on_target": math.nan, "target_fraction": math.nan}
-        region = region_token_mask(self.sample.regions, self.sample.n_frames, self.sample.frame_hw, self.visual_grid,
+        region = region_token_mask(self.sample.regions, self.n_frames, self.sample.frame_hw, self.visual_grid,
                                    self.temporal_patch)
         visual = self.attention[self.answer_rows][:, self.visual_positions]
         return {"attention_on_target": on_target_mass(visual, region), "target_fraction": target_fraction(region)}

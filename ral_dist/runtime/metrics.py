@@ -43,7 +43,7 @@ SCORE_BUCKETS = (0.001, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.999)
 # Label values known in advance (exported at 0 from the start, so rate() and the alerts work before the first
 # event, as Prometheus' instrumentation guide asks).
 ACTORS = ("controller", "rollout", "reward", "learner", "teacher")
-REWARD_TERMS = tuple(REGISTERED_TERMS)
+REWARD_TERMS = tuple(REGISTERED_TERMS)  # the built-in terms; a job's reward.custom terms add their names
 CONTROLLER_PHASES = PhaseTimes.phases()
 ROLLOUT_PHASES = ("generation", "attention_capture")
 LOSS_TERMS = ("total", "policy", "attention")
@@ -82,6 +82,11 @@ QUEUE_DEPTH = Metric("ral_queue_depth", "gauge", "Rollout chunks launched for th
 REWARD = Metric("ral_reward", "gauge", "Step mean of each reward term, and of the weighted total (term=total).",
             ("term",))
 ACCURACY = Metric("ral_accuracy", "gauge", "Step mean exact-match accuracy of the sampled responses.")
+ACCURACY_BY_TYPE = Metric("ral_accuracy_by_type", "gauge", "Step mean accuracy (the task term) per question type.",
+                          ("qtype",))
+REWARD_BY_TYPE = Metric("ral_reward_by_type", "gauge", "Step mean total reward per question type.", ("qtype",))
+TRAJECTORIES_BY_TYPE = Metric("ral_trajectories_by_type_total", "counter", "Trajectories scored, per question type.",
+                              ("qtype",))
 ON_TARGET = Metric("ral_attention_on_target", "gauge", "Step mean share of the answer tokens' visual attention "
                "inside the ground-truth region (samples with regions only).")
 TRAJECTORY_SCORE = Metric("ral_trajectory_score", "histogram", "Per-trajectory reward terms and total.", ("term",),
@@ -277,18 +282,24 @@ def record_run_start(steps: int) -> None:
 
 
 @_never_fails
-def record_step(record: dict, phases: PhaseTimes, next_rollout: Iterable = ()) -> None:
+def record_step(record: dict, phases: PhaseTimes, terms: Iterable[str] = REWARD_TERMS,
+                next_rollout: Iterable = ()) -> None:
     """Called by the controller after each step with the record it writes to metrics.jsonl, the step's phase times,
-    and the ObjectRefs of the next step's rollout (already launched, or [] after the last step)."""
+    the job's reward terms (built-in and custom) and the ObjectRefs of the next step's rollout (already launched, or
+    [] after the last step)."""
     a = "controller"
     _set(STEP, record["step"], a)
     _inc(STEPS, 1, a)
     _set(POLICY_VERSION, record["policy_version"], a)
     _set(STALENESS, record.get("staleness_max"), a)
     _set(REWARD, record["reward_mean"], a, term="total")
-    for term in REWARD_TERMS:
+    for term in terms:
         _set(REWARD, record.get(f"reward_{term}"), a, term=term)
     _set(ACCURACY, record["accuracy"], a)
+    for qtype, by_type in record.get("per_type", {}).items():
+        _set(ACCURACY_BY_TYPE, by_type["accuracy"], a, qtype=qtype)
+        _set(REWARD_BY_TYPE, by_type["reward"], a, qtype=qtype)
+        _inc(TRAJECTORIES_BY_TYPE, by_type["n"], a, qtype=qtype)
     _set(ON_TARGET, record.get("attention_on_target"), a)
     for phase in CONTROLLER_PHASES:
         _observe(PHASE_SECONDS, getattr(phases, f"{phase}_s"), a, phase=phase)
@@ -329,7 +340,7 @@ def record_reward(results: list, worker=None) -> None:
     """Called after a reward worker scored a batch (``RewardResult`` list)."""
     a = "reward"
     _inc(REWARD_SCORED, len(results), a)
-    for term in REWARD_TERMS:
+    for term in dict.fromkeys((*REWARD_TERMS, *(t for r in results for t in r.terms))):  # built-ins, then custom
         _zero(REWARD_UNSCORED, a, term=term)
         _inc(REWARD_UNSCORED, sum(term in r.notes for r in results), a, term=term)
     for r in results:

@@ -48,12 +48,6 @@ class RunDir:
         kept = [r for r in self.metrics() if r["step"] < next_step]
         self.metrics_file.write_text("".join(json.dumps(r) + "\n" for r in kept))
 
-    def write_skipped_rows(self, skipped: list) -> None:
-        """Every dataset row the run could not use, with why (one JSON object per line)."""
-        with (self.path / "skipped_rows.jsonl").open("w") as fh:
-            for row in skipped:
-                fh.write(json.dumps({"line": row.line, "id": row.id, "reason": row.reason}) + "\n")
-
     def checkpoint_dir(self, step: int) -> Path:
         return self.path / "checkpoints" / f"step_{step:06d}"
 

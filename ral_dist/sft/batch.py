@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 
 from ral_dist.data import Sample
-from ral_dist.data.prompts import Mode, target_text
+from ral_dist.data.data_config import DataConfig
+from ral_dist.data.prompts import target_text
 from ral_dist.models import VLMAdapter, append_response
 from ral_dist.models.prompting import visual_prompt
 
@@ -25,10 +26,10 @@ def tokenize_responses(processor, texts: list[str], add_eos: bool = True) -> tup
     return out, mask
 
 
-def sft_batch(adapter: VLMAdapter, processor, samples: list[Sample], mode: Mode):
+def sft_batch(adapter: VLMAdapter, processor, samples: list[Sample], data: DataConfig):
     """(model inputs over prompt + reference response, labels, the prompts' PromptBatch)."""
-    prompts = adapter.encode(processor, [visual_prompt(s, mode) for s in samples])
-    resp, resp_mask = tokenize_responses(processor, [target_text(s, mode) for s in samples])
+    prompts = adapter.encode(processor, [visual_prompt(s, data) for s in samples])
+    resp, resp_mask = tokenize_responses(processor, [target_text(s, data.prompt.mode) for s in samples])
     inputs = append_response(prompts.inputs, resp, resp_mask, processor.tokenizer.pad_token_id)
     labels = torch.full_like(inputs["input_ids"], IGNORE_INDEX)
     labels[:, prompts.prompt_len:] = torch.where(resp_mask.bool(), resp, torch.full_like(resp, IGNORE_INDEX))

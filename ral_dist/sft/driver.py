@@ -44,18 +44,18 @@ def train_or_reuse(cfg: SFTJobConfig, output: Path | None = None, force: bool = 
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from ral_dist.data.cache import ensure_dataset
+    from ral_dist.data.readers import split_path
     from ral_dist.runtime.ray_cluster import connect
     from ral_dist.sft.trainer import sft_train_loop
 
-    data_dir = Path(cfg.data.dir) if cfg.data.dir else ensure_dataset(cfg.data.task, cfg.data.sizes)
+    data_dir = split_path(cfg.data, "train")  # generated here once, when it is the synthetic task
     print(f"[sft] data {data_dir}; {cfg.train.steps} steps x batch {cfg.train.batch_size} on "
           f"{cfg.train.num_workers} workers (ZeRO-{cfg.train.zero_stage}) -> {output}", flush=True)
     connect()
     t0 = time.time()
     trainer = TorchTrainer(
         sft_train_loop,
-        train_loop_config={"config": cfg.model_dump(mode="json"), "data_dir": str(data_dir)},
+        train_loop_config={"config": cfg.model_dump(mode="json")},
         scaling_config=ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=False,
                                      resources_per_worker={"CPU": 1}),
         torch_config=TorchConfig(backend="gloo"),
@@ -69,21 +69,21 @@ def train_or_reuse(cfg: SFTJobConfig, output: Path | None = None, force: bool = 
     result.checkpoint.to_directory(str(tmp))
     dump_config(cfg, tmp / "sft_config.yaml")
     if cfg.eval_samples:
-        _evaluate(cfg, tmp, data_dir, t0)
+        _evaluate(cfg, tmp, t0)
     shutil.rmtree(output, ignore_errors=True)
     tmp.rename(output)
     print(f"[sft] checkpoint {output} ({time.time() - t0:.0f}s)")
     return output
 
 
-def _evaluate(cfg: SFTJobConfig, checkpoint: Path, data_dir: Path, t0: float) -> None:
-    from ral_dist.data import read_dataset
+def _evaluate(cfg: SFTJobConfig, checkpoint: Path, t0: float) -> None:
+    from ral_dist.data.readers import read_split
     from ral_dist.evaluation.greedy import evaluate
     from ral_dist.models import build_policy
 
-    val, _ = read_dataset(data_dir, "val")
+    val, _ = read_split(cfg.data, "val")
     adapter, model, processor = build_policy(cfg.model.family, str(checkpoint))
-    report = evaluate(adapter, model, processor, val[: cfg.eval_samples], mode=cfg.data.prompt_mode)
+    report = evaluate(adapter, model, processor, val[: cfg.eval_samples], cfg.data)
     report["wall_s"] = time.time() - t0
     (checkpoint / "eval_val.json").write_text(json.dumps(report, indent=1))
     print(f"[sft] val accuracy {report['accuracy']:.3f} format {report['format_rate']:.3f} "

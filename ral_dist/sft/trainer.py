@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 
 from ral_dist.config import SFTJobConfig
-from ral_dist.data import read_dataset
+from ral_dist.data.readers import read_split
 from ral_dist.models import build_policy, freeze_vision_tower
 from ral_dist.runtime.deepspeed_setup import full_state_dict, init_engine, set_lr
 from ral_dist.runtime.schedule import batch_indices, cosine_lr, format_eta
@@ -38,7 +38,7 @@ def sft_train_loop(loop_config: dict) -> None:
     if cfg.model.freeze_vision:
         freeze_vision_tower(model)
     model.train()
-    samples, skipped = read_dataset(loop_config["data_dir"], "train")
+    samples, skipped = read_split(cfg.data, "train")
     if rank == 0 and skipped:
         print(f"[sft] skipped {len(skipped)} malformed rows, e.g. line {skipped[0].line}: {skipped[0].reason}")
     engine, optimizer = init_engine(model, tc.lr, tc.weight_decay, tc.zero_stage, micro, tc.grad_clip,
@@ -48,7 +48,7 @@ def sft_train_loop(loop_config: dict) -> None:
     running, t0 = [], time.time()
     for step in range(tc.steps):
         idx = batch_indices(step, tc.batch_size, len(samples), tc.seed)[rank * micro : (rank + 1) * micro]
-        inputs, labels, _ = sft_batch(adapter, processor, [samples[i] for i in idx], cfg.data.prompt_mode)
+        inputs, labels, _ = sft_batch(adapter, processor, [samples[i] for i in idx], cfg.data)
         lr = cosine_lr(step, tc.steps, tc.lr, tc.warmup_steps, tc.min_lr_ratio)
         set_lr(optimizer, lr)
         loss = engine(**inputs, labels=labels).loss

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.util
 
 from ral_dist.config import ConfigError, RLJobConfig
-from ral_dist.rewards import REWARD_TERMS
+from ral_dist.rewards import reward_terms, reward_weights
 from ral_dist.vllm.sync_plan import sync_plan
 
 
@@ -21,7 +21,8 @@ def check_vllm_config(cfg: RLJobConfig) -> None:
         if cfg.learner.old_policy != "recompute":
             raise ConfigError("rollout.attention_on=learner: trajectories carry no p_old, so "
                               "learner.old_policy must be 'recompute'")
-        used = [name for name, term in REWARD_TERMS.items() if term.needs_attention and cfg.reward.weights.get(name)]
+        weights = reward_weights(cfg.reward)
+        used = [name for name, term in reward_terms(cfg.reward).items() if term.needs_attention and weights.get(name)]
         if used:
             raise ConfigError(f"rollout.attention_on=learner: reward terms {used} need the attention maps at "
                               "reward time; use rollout.attention_on=rollout or weight them 0")

@@ -208,7 +208,7 @@ class VLLMEngine:
         """After a sync: vLLM's greedy output for a fixed prompt equals the replica's, i.e. the learner's."""
         if self._parity_prompt is None:
             sample = generate_samples(self.cfg.data.task, "val", 1)[0]
-            self._parity_prompt = visual_prompt(sample, self.cfg.data.prompt_mode)
+            self._parity_prompt = visual_prompt(sample, self.cfg.data)
         r = self.greedy_parity(self._parity_prompt, self.cfg.rollout.max_new_tokens)
         print(f"[vllm] v{version} greedy parity {'ok' if r['match'] else 'MISMATCH'}: vllm {r['vllm']} hf {r['hf']}",
               flush=True)

@@ -16,7 +16,7 @@ from ral_dist.models.prompting import visual_prompt
 
 CONFIG = {
     "model": {"family": "idefics3", "checkpoint": None},
-    "data": {"task": {"seed": 3, "fraction_video": 0.5}, "prompt_mode": "think"},
+    "data": {"task": {"seed": 3, "fraction_video": 0.5}, "prompt": {"mode": "think"}},
     "rollout": {"engine": "vllm", "group_size": 3, "max_new_tokens": 8, "temperature": 0.9,
                 "attention_wire_dtype": "float32", "vllm": {"sync_retries": 1, "sync_timeout_s": 60}},
 }
@@ -49,10 +49,10 @@ def direct_replica(worker):
 def test_rollout_maps_and_logprobs_equal_a_direct_capture(worker, samples):
     trajs = worker._sample(0, samples, [0, 1])  # checks vLLM's prompt tokens == our encoding, or raises
     assert len(trajs) == 2 * 3 and {t.prompt.group for t in trajs} == {0, 1}
-    model, mode = direct_replica(worker), worker.cfg.data.prompt_mode
+    model = direct_replica(worker)
     pad = worker.processor.tokenizer.pad_token_id
     for t in trajs:
-        single = worker.adapter.encode(worker.processor, [visual_prompt(t.sample, mode)])
+        single = worker.adapter.encode(worker.processor, [visual_prompt(t.sample, worker.cfg.data)])
         n = len(t.response.ids)
         assert single.prompt_len == t.prompt.length
         with torch.no_grad():
@@ -69,7 +69,7 @@ def test_rollout_maps_and_logprobs_equal_a_direct_capture(worker, samples):
 
 
 def test_sync_moves_the_engine_and_pushing_the_old_weights_back_restores_it(worker, samples):
-    prompt = visual_prompt(samples[0], worker.cfg.data.prompt_mode)
+    prompt = visual_prompt(samples[0], worker.cfg.data)
     before = worker.vllm_engine.greedy_parity(prompt, MAX_NEW)
     assert before["match"], before
     old = {k: v.clone() for k, v in worker.model.state_dict().items()}
@@ -93,12 +93,12 @@ def test_a_bad_sync_is_retried_then_fails_loudly_and_the_engine_still_serves(wor
     with pytest.raises(RuntimeError, match="failed after 2 attempts.*not in the new weights"):
         worker.vllm_engine.load_state_dict(9, broken)
     worker.update_weights(3, state)
-    prompt = visual_prompt(samples[1], worker.cfg.data.prompt_mode)
+    prompt = visual_prompt(samples[1], worker.cfg.data)
     assert worker.vllm_engine.greedy_parity(prompt, MAX_NEW)["match"]
 
 
 def test_attention_on_learner_returns_vllm_logprobs_and_no_maps(worker, samples):
-    prompts = [visual_prompt(s, worker.cfg.data.prompt_mode) for s in samples]
+    prompts = [visual_prompt(s, worker.cfg.data) for s in samples]
     gen = worker.vllm_engine.generate(prompts, num_samples=2, max_new_tokens=MAX_NEW, seed=1, replica=False,
                                  capture_question=True)
     assert gen.attention.shape[:2] == gen.response_ids.shape and gen.attention.isnan().all()
