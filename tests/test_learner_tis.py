@@ -13,6 +13,7 @@ import torch
 from sampled import REWARDS, sampled_trajectories  # noqa: E402
 
 from ral_dist.actors.learner import Learner  # noqa: E402
+from ral_dist.actors.step_layout import minibatch_indices  # noqa: E402
 from ral_dist.config import ConfigError, DataConfig, RLJobConfig, load_config  # noqa: E402
 from ral_dist.messages.collate import learner_batch  # noqa: E402
 from ral_dist.models import build_policy  # noqa: E402
@@ -58,7 +59,7 @@ def _learner(port, **learner) -> Learner:
 def test_tis_update_equals_the_hand_weighted_update(port, sampled):
     trajectories, advantages = sampled
     learner = _learner(port, tis_cap=CAP)
-    minibatches = learner._minibatches(len(trajectories), 0, 0)  # the learner's own split of the shard
+    minibatches = minibatch_indices(len(trajectories), 2, [SEED, 0, 0, 0])  # the learner's own split (step 0, rank 0)
     stats = learner.train_step(0, trajectories, advantages)
     assert stats.updates == 2 and stats.skipped_updates == 0
 

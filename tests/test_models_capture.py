@@ -114,13 +114,14 @@ def test_only_the_armed_layer_computes_probabilities(family, monkeypatch):
     calls = []
     import ral_dist.models.capture as capture_module
 
-    real = capture_module.rows_attention_policy
-    monkeypatch.setattr(capture_module, "rows_attention_policy", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = capture_module.CaptureRequest.record
+    monkeypatch.setattr(capture_module.CaptureRequest, "record", lambda *a, **k: calls.append(1) or real(*a, **k))
     rows = response_rows(batch.prompt_len, resp_mask)
     with torch.no_grad(), capture_attention(adapter.language_layers(model)[-1].self_attn, rows,
-                                            inputs["attention_mask"]):
+                                            inputs["attention_mask"]) as request:
         model(**inputs)
     assert len(calls) == 1  # one layer, one forward: the other layers stayed on plain SDPA
+    assert request.policy.shape[:2] == rows.shape
     with torch.no_grad():
         model(**inputs)
     assert len(calls) == 1  # disarmed after the block

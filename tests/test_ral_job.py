@@ -36,6 +36,9 @@ def test_tiny_job_through_ray_job_submit_then_resume(ray_head, tmp_path):
     # (null in metrics.jsonl in between, never a made-up number)
     assert math.isfinite(records[0]["attn_grad_norm"]) and all(r["attn_grad_norm"] is None for r in records[1:])
     assert (run_dir / "config.yaml").exists()
+    plan = json.loads((run_dir / "memory_plan.json").read_text())  # planned at job start; no GPU: nothing fitted
+    assert plan["problem"] is None and plan["gpu_bytes"] is None and plan["roles"][0]["role"] == "learner"
+    assert "[ral] memory plan" in log
     assert list((run_dir / "heatmaps").glob("step_*/*.png"))
     last = run_dir / "checkpoints" / "step_000002"
     assert (last / "model.safetensors").exists() and (last / "controller_state.json").exists()
@@ -51,6 +54,26 @@ def test_tiny_job_through_ray_job_submit_then_resume(ray_head, tmp_path):
     assert [r["policy_version"] for r in records] == [1, 2, 3, 4, 5]
     assert [r["staleness_max"] for r in records[3:]] == [0, 1]
     assert all(r["weights_in_sync"] for r in records)
+
+
+def test_zero3_job_on_two_ranks_with_micro_batches(ray_head, tmp_path):
+    """The 7B layout at tiny size: ZeRO-3 over 2 learner ranks (sharded reference for the KL), one sequence per
+    forward, gradient checkpointing, p_old recomputed; the sync check on after every step."""
+    job = {**TINY_JOB, "model": {**TINY_JOB["model"], "gradient_checkpointing": True},
+           "learner": {**TINY_JOB["learner"], "zero_stage": 3, "micro_batch_tokens": 1, "old_policy": "recompute",
+                       "beta": 0.04, "attn_grad_norm_every": 1},
+           "run": {**TINY_JOB["run"], "verify_sync": True}}
+    config = tmp_path / "job.yaml"
+    config.write_text(yaml.safe_dump(job))
+    proc = ray_head.submit("--config", str(config), "--run-dir", str(tmp_path / "run"))
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and "succeeded" in log, log[-4000:]
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [0, 1, 2] and all(r["weights_in_sync"] for r in records)
+    for r in records:  # each rank sees 3 sequences a step, 1 or 2 per mini-batch: every update is several forwards
+        assert all(math.isfinite(r[k]) for k in ("loss", "kl", "attn_loss", "attn_grad_norm")), r
+    assert records[-1]["kl"] > 0  # the sharded reference scores, and the policy has moved away from it
+    assert (tmp_path / "run" / "checkpoints" / "step_000002" / "model.safetensors").exists()
 
 
 def test_bad_config_fails_before_any_actor_starts(tmp_path):

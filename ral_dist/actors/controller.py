@@ -117,9 +117,9 @@ class Controller:
                                **on(lc.num_ranks + rc.num_workers + i)).remote(worker_config)
             for i in range(wc.num_workers)]
         self._start_extra(on, lc.num_ranks + rc.num_workers + wc.num_workers, prefix, config)
-        wait_all([learner.param_digest.remote() for learner in self.learners], "learners to start", c.run.timeout_s)
+        self.sync_bytes = wait_all([learner.state_nbytes.remote() for learner in self.learners], "learners to start",
+                                   c.run.timeout_s)[0]
         wait_all([w.get_version.remote() for w in self.rollouts], "rollout workers to start", c.run.timeout_s)
-        self.sync_bytes = wait_all([self.rollouts[0].state_nbytes.remote()], "rollout worker", c.run.timeout_s)[0]
         self.transport.connect(self.learners, self.rollouts, c.run.timeout_s)  # broadcast modes: form the group
 
     def _extra_bundles(self) -> list[dict]:
@@ -164,7 +164,10 @@ class Controller:
         return chunks, reward_refs, t_launch
 
     def _sync_weights(self) -> tuple[float, int]:
-        state_refs = [learner.state_dict.remote() for learner in self.learners]  # every rank takes part (ZeRO-3 gathers)
+        # the full state through the object store only where a rollout worker loads it (not a broadcast into vLLM
+        # with the learner scoring: no transformers copy there); every rank takes part (ZeRO-3 gathers)
+        state_refs = ([learner.state_dict.remote() for learner in self.learners] if self.transport.carries_state
+                      else [None])
         report = self.transport.push(self.version, state_refs[0], self.rollouts, self.cfg.run.timeout_s,
                                      nbytes=self.sync_bytes)
         self.weights = [(self.version, state_refs[0])]  # kept alive here: a restarted worker loads it
@@ -172,10 +175,18 @@ class Controller:
         return report.seconds, report.bytes
 
     def weights_in_sync(self) -> bool:
-        """Every rollout worker holds exactly the learner's weights (compared by a float64 parameter sum)."""
-        digests = wait_all([self.learners[0].param_digest.remote()] + [w.param_digest.remote() for w in self.rollouts],
-                           "parameter digests", self.cfg.run.timeout_s)
-        return all(d == digests[0] for d in digests[1:])
+        """Every rollout worker holds the learner's weights of this version: each compared, at the sync, the
+        digests of what it holds (the scoring model, each vLLM worker) with the learner's (the state dict it was
+        handed, or what learner rank 0 broadcast), within `ral_dist.vllm.weight_digest.DIGEST_RTOL`. No learner
+        call: the learner's side travelled with the weights."""
+        reports = wait_all([w.sync_check.remote() for w in self.rollouts], "the rollout workers' sync checks",
+                           self.cfg.run.timeout_s)
+        problems = [f"rollout worker {i}: holds version {r['version']}, the learner {self.version}"
+                    for i, r in enumerate(reports) if r["version"] != self.version]
+        problems += [f"rollout worker {i}: {p}" for i, r in enumerate(reports) for p in r["problems"]]
+        for line in problems[:5]:
+            print(f"[ral] weights out of sync: {line}", flush=True)
+        return not problems
 
     def _save_checkpoint(self, step: int) -> Path:
         path = self.run.checkpoint_dir(step)
@@ -194,8 +205,12 @@ class Controller:
     def _heatmaps(self, step: int) -> None:
         if not self.heatmap_samples:
             return
-        images = wait_all([self.rollouts[0].heatmaps.remote(self.heatmap_samples)], "heatmaps",
-                          self.cfg.run.timeout_s)[0]
+        timeout, samples = self.cfg.run.timeout_s, self.heatmap_samples
+        if self.cfg.rollout.resolved_attention_on == "learner":  # no transformers copy beside vLLM: vLLM answers,
+            answers = self.rollouts[0].greedy_answers.options(num_returns=2).remote(samples)  # the learner draws (every rank: ZeRO-3)
+            images = wait_all([lr.heatmaps.remote(samples, *answers) for lr in self.learners], "heatmaps", timeout)[0]
+        else:
+            images = wait_all([self.rollouts[0].heatmaps.remote(samples)], "heatmaps", timeout)[0]
         for sample_id, png in images:
             self.run.write_heatmap(step, sample_id, png)
 

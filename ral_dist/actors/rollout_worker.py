@@ -3,57 +3,151 @@
 The attention rows and log-probs come from the passes that sampled (captured as each token is fed back; with the
 vLLM engine, one forward of the worker's transformers replica right after), so `BehaviourPolicy.attention` is the
 behaviour policy's attention policy of RAL.md §1.
+
+Placement (`rollout_placement`, decided here from what Ray assigned the actor, never by the driver): the
+transformers model that scores (the hf engine's sampler, or the replica beside vLLM) runs on the worker's GPU in
+the model dtype, with as many threads as the CPUs Ray gave the actor. Beside vLLM with ``rollout.attention_on``
+resolving to learner (vLLM owns the GPU) there is no transformers copy of the weights at all: the learner scores,
+and draws the heatmaps of vLLM's greedy answers.
+
+The sync check (``run.verify_sync``, `sync_check`): the digest of the weights held here (the scoring model, each
+vLLM worker) against the learner's (`ral_dist.vllm.weight_digest`).
 """
 
 from __future__ import annotations
 
-import io
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
 
 import ray
 import torch
 
 from ral_dist.config import RLJobConfig
-from ral_dist.evaluation.greedy import response_view
-from ral_dist.evaluation.heatmaps import answer_heatmap
+from ral_dist.evaluation.answer_heatmaps import render
 from ral_dist.messages import ChunkAccounting, SkippedPrompt, Trajectory, chunk_offset, split_shards
 from ral_dist.messages.collate import trajectories_from_generation
-from ral_dist.models import build_policy
+from ral_dist.models import adapter_for_checkpoint, build_policy
 from ral_dist.models.capture import use_capture_attention
 from ral_dist.models.generation import generate
 from ral_dist.models.prompting import visual_prompt
 from ral_dist.runtime import metrics
+from ral_dist.runtime.devices import actor_device, assigned_gpu_ids, compute_dtype
 from ral_dist.vllm.sync_plan import sync_plan
+from ral_dist.vllm.weight_digest import SyncCheck, state_digest
+
+
+@dataclass(frozen=True)
+class RolloutPlacement:
+    device: torch.device  # of the transformers model (the hf engine's sampler, or the replica beside vLLM)
+    dtype: torch.dtype
+    attention_on: Literal["rollout", "learner"]  # who scores p_old and the old log-probs
+    threads: int
+
+    @property
+    def scores(self) -> bool:
+        """The transformers model scores every rollout (hf engine, or the replica with attention_on rollout)."""
+        return self.attention_on == "rollout"
+
+
+def rollout_placement(gpu_ids: Sequence, cfg: RLJobConfig, cuda_available: bool,
+                      cpus: float | None = None) -> RolloutPlacement:
+    """Where a rollout worker's transformers model runs, given the GPU ids Ray assigned the actor and its CPUs:
+    on its GPU in the model dtype when it scores, else on the CPU (vLLM has the GPU); threads = its whole CPUs."""
+    attention_on = cfg.rollout.resolved_attention_on
+    device = actor_device(gpu_ids, cuda_available) if attention_on == "rollout" else torch.device("cpu")
+    threads = max(1, math.floor(cpus)) if cpus else 1
+    return RolloutPlacement(device, compute_dtype(device, cfg.model.dtype), attention_on, threads)
+
+
+def assigned_cpus() -> float | None:
+    """The CPUs Ray assigned this actor; None outside a Ray worker."""
+    if ray.is_initialized() and ray.get_runtime_context().worker.mode == ray.WORKER_MODE:
+        return ray.get_runtime_context().get_assigned_resources().get("CPU")
+    return None
 
 
 class RolloutWorker:
-    def __init__(self, index: int, config: dict, threads: int = 1):
+    def __init__(self, index: int, config: dict, threads: int | None = None):
+        """``threads``: torch's intra-op threads (default: the CPUs Ray assigned the actor, 1 outside Ray)."""
         self.cfg = RLJobConfig.model_validate(config)
-        torch.set_num_threads(threads)
+        self.placement = rollout_placement(assigned_gpu_ids(), self.cfg, torch.cuda.is_available(), assigned_cpus())
+        torch.set_num_threads(threads or self.placement.threads)
         self.index = index
-        m = self.cfg.model
-        self.adapter, self.model, self.processor = build_policy(m.family, m.checkpoint, m.tiny, seed=self.cfg.run.seed)
-        use_capture_attention(self.model)
-        self.model.eval()
-        self.vllm_engine = None  # rollout.engine vllm: vLLM samples; self.model stays as the replica that adds p_old
+        model = self._build_model()
+        self.vllm_engine = None  # rollout.engine vllm: vLLM samples; the model, if any, is the replica adding p_old
+        self.plan = sync_plan(self.cfg)
         if self.cfg.rollout.engine == "vllm":
             from ral_dist.vllm.engine import VLLMEngine
 
-            self.vllm_engine = VLLMEngine(self.cfg, self.adapter, self.model, self.processor, sync_plan(self.cfg))
+            self.vllm_engine = VLLMEngine(self.cfg, self.adapter, model, self.processor, self.plan)
+        # None beside vLLM when the learner scores: a tiny policy built only for vLLM to load is dropped here
+        self.model = model if self.placement.scores else None
         self.version = 0
+        self._check: SyncCheck | None = None  # the last sync's (run.verify_sync)
         self.temporal_patch = self.adapter.temporal_patch(self.processor)
         metrics.count_start("rollout")
 
-    def update_weights(self, version: int, state_dict: dict[str, torch.Tensor]) -> int:
-        """Load the learner's weights in place (strict: a mismatched state fails loudly)."""
-        self.model.load_state_dict(state_dict, strict=True)
+    def _build_model(self):
+        """The transformers model that scores (on its device, in its dtype, capture on), or None: vLLM loads a
+        checkpoint itself and, when the learner scores, nothing here needs a copy of the weights. A tiny random
+        policy is built even then, for vLLM to load its exact weights."""
+        m = self.cfg.model
+        if not self.placement.scores and m.checkpoint:
+            self.adapter = adapter_for_checkpoint(m.checkpoint)
+            self.processor = self.adapter.load_processor(m.checkpoint)
+            return None
+        self.adapter, model, self.processor = build_policy(m.family, m.checkpoint, m.tiny, seed=self.cfg.run.seed,
+                                                           dtype=self.placement.dtype)
+        use_capture_attention(model.to(self.placement.device))
+        return model.eval()
+
+    def update_weights(self, version: int, state_dict: dict[str, torch.Tensor] | None) -> int:
+        """Load the learner's weights in place (strict: a mismatched state fails loudly): into the scoring model
+        and, by bytes, the vLLM engine. Under a broadcast the engine gets them through `vllm_weight_transfer`, and
+        ``state_dict`` is None when no model here holds a copy."""
+        check = self._new_check(version) if self.cfg.run.verify_sync else None
+        if self.model is not None:
+            self.model.load_state_dict(state_dict, strict=True)
+        if check is not None and self.plan.broadcast is None:
+            check.reference = self._digest(check, state_dict.items())  # the learner's weights as handed
+        if check is not None and self.placement.scores:
+            check.held[self._model_name] = self._digest(check, self.model.state_dict().items())
         if self.vllm_engine is not None:
-            self.vllm_engine.load_state_dict(version, state_dict)  # into the running engine, timed out and retried
-        self.version = version
+            held, seconds = self.vllm_engine.load_state_dict(version, state_dict)  # bytes: bounded, retried
+            if check is not None:
+                check.held.update(held)
+                check.engine_seconds = seconds
+        self.version, self._check = version, check
         return version
 
-    def vllm_weight_transfer(self, method: str, *args) -> None:
-        """The receiving side of a broadcast weight sync (`ral_dist.vllm.broadcast_sync.RolloutActorsClient`)."""
-        self.vllm_engine.weight_transfer(method, *args)
+    @property
+    def _model_name(self) -> str:
+        return "policy" if self.vllm_engine is None else "replica"
+
+    def _new_check(self, version: int) -> SyncCheck:
+        holders = (self._model_name,) if self.placement.scores else ()
+        if self.vllm_engine is not None:
+            holders += tuple(f"vLLM worker {i}" for i in range(self.plan.ranks_per_engine))
+        return SyncCheck(version, holders)
+
+    @staticmethod
+    def _digest(check: SyncCheck, items) -> dict:
+        t0 = time.perf_counter()
+        digest = state_digest(items)
+        check.seconds += time.perf_counter() - t0
+        return digest
+
+    def vllm_weight_transfer(self, method: str, *args, sent_digest: dict | None = None) -> None:
+        """The receiving side of a broadcast weight sync (`ral_dist.vllm.broadcast_sync.RolloutActorsClient`);
+        ``finish_weight_update`` carries the digest of what learner rank 0 sent, the sync check's reference."""
+        received, seconds = self.vllm_engine.weight_transfer(method, *args)
+        if method == "finish_weight_update" and self._check is not None:
+            self._check.reference = sent_digest
+            self._check.held.update(received)
+            self._check.engine_seconds = seconds
 
     @metrics.timed("rollout")
     def rollout(self, step: int, samples: list, groups: list[int], weights: list | None = None) -> tuple:
@@ -61,10 +155,13 @@ class RolloutWorker:
         `split_shards`), so that Ray stores each rank's share as its own object (call with num_returns =
         learner.num_ranks + 1). ``weights`` = [(version, state ref)] of the current policy: a worker that Ray
         restarted (so it holds the initial weights) loads them before it samples."""
-        if weights:
+        if weights and weights[0][0] != self.version:
             version, state_ref = weights[0]
-            if version != self.version:
-                self.update_weights(version, ray.get(state_ref))
+            if self.plan.broadcast:  # the engine restarted with the initial weights, and a broadcast is not replayed
+                raise RuntimeError(f"rollout worker {self.index} restarted: its vLLM engine holds version "
+                                   f"{self.version}, the policy is at {version}, and broadcast weights cannot be "
+                                   "replayed to one engine; the run recovers from its last checkpoint")
+            self.update_weights(version, ray.get(state_ref))
         restarted = ray.get_runtime_context().was_current_actor_reconstructed
         try:
             trajectories, skipped = self._sample(step, samples, groups), []
@@ -108,26 +205,40 @@ class RolloutWorker:
                                             rc.max_new_tokens, wire)
 
     def heatmaps(self, samples: list) -> list[tuple[str, bytes]]:
-        """Greedy answers to fixed prompts and PNG heatmaps of their answer tokens' visual attention."""
+        """Greedy answers to fixed prompts and PNG heatmaps of their answer tokens' visual attention (beside vLLM:
+        vLLM's greedy answers, their rows from one forward of the replica). Without a model here (the learner
+        scores), `greedy_answers` and the learner's `heatmaps` draw them."""
         prompts = [visual_prompt(s, self.cfg.data) for s in samples]
-        gen = generate(self.adapter, self.model, self.processor, prompts, greedy=True,
-                       max_new_tokens=self.cfg.rollout.max_new_tokens, capture=True, capture_question=True)
-        out = []
-        for i, s in enumerate(samples):
-            buf = io.BytesIO()
-            view = response_view(gen, i, s, self.temporal_patch, self.processor.tokenizer, self.cfg.data.prompt.mode)
-            answer_heatmap(view, prompts[i].frames, buf)
-            out.append((s.id, buf.getvalue()))
-        return out
+        max_new = self.cfg.rollout.max_new_tokens
+        if self.vllm_engine is not None:
+            gen = self.vllm_engine.generate(prompts, greedy=True, max_new_tokens=max_new, capture_question=True)
+        else:
+            gen = generate(self.adapter, self.model, self.processor, prompts, greedy=True, max_new_tokens=max_new,
+                           capture=True, capture_question=True)
+        return render(gen, samples, prompts, self.temporal_patch, self.processor.tokenizer,
+                      self.cfg.data.prompt.mode)
 
-    def param_digest(self) -> float:
-        """The replica's float64 parameter sum; NaN (out of sync) when vLLM's greedy output differs from it."""
-        if self.vllm_engine is not None and not self.vllm_engine.verify_sync(self.version):
-            return float("nan")
-        return float(sum(p.detach().double().sum() for p in self.model.parameters()))
+    def greedy_answers(self, samples: list) -> tuple[torch.Tensor, torch.Tensor]:
+        """vLLM's greedy answers to fixed prompts: ([N, R] ids, mask), for the learner to draw their heatmaps."""
+        prompts = [visual_prompt(s, self.cfg.data) for s in samples]
+        gen = self.vllm_engine.generate(prompts, greedy=True, max_new_tokens=self.cfg.rollout.max_new_tokens,
+                                        replica=False)
+        return gen.response_ids, gen.response_mask
+
+    def sync_check(self) -> dict:
+        """The last sync's check (run.verify_sync): its version, why the weights held here differ from the
+        learner's (empty: in sync) and the seconds it cost (digests here, then inside vLLM's workers)."""
+        check = self._check
+        if check is None:
+            return {"version": self.version, "problems": [f"no sync check of version {self.version}"], "seconds": 0.0}
+        problems = check.problems()
+        if self.vllm_engine is not None:
+            reference = check.reference or {}
+            print(f"[vllm] v{check.version} weights digest {'ok' if not problems else 'MISMATCH'}: "
+                  f"{', '.join(sorted(check.held))} against the learner's {len(reference)} tensors (sum "
+                  f"{sum(d[0] for d in reference.values()):.9e}; {check.seconds:.4f}s here, "
+                  f"{check.engine_seconds:.4f}s in vLLM)", flush=True)
+        return {"version": check.version, "problems": problems, "seconds": check.seconds + check.engine_seconds}
 
     def get_version(self) -> int:
         return self.version
-
-    def state_nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.model.state_dict().values())

@@ -1,10 +1,12 @@
 """Weight sync from the learner to the rollout workers, behind one factory (`make_transport`).
 
 The transport follows the job's `ral_dist.vllm.sync_plan.SyncPlan` (the one reader of ``rollout.vllm.weight_sync``).
-The object store always carries the state dict: rank 0's weights are put once and every rollout worker
-loads the same object into its transformers replica (and, with ``bytes``, into its vLLM engine). With ``nccl``
+By default the object store carries the state dict: rank 0's weights are put once and every rollout worker
+loads the same object into its transformers model (and, with ``bytes``, into its vLLM engine). With ``nccl``
 (GPUs) or ``gloo`` (CPU) learner rank 0 broadcasts into the running vLLM engines instead
-(`ral_dist.vllm.broadcast_sync`, through the learners' `open_weight_sender` / `send_weights`).
+(`ral_dist.vllm.broadcast_sync`, through the learners' `open_weight_sender` / `send_weights`), and the object
+store carries the state dict only for replicas that score (``rollout.attention_on`` rollout): the 7B recipe
+gathers and stores none.
 """
 
 from __future__ import annotations
@@ -27,16 +29,21 @@ class SyncReport:
 
 
 class WeightTransport(Protocol):
+    carries_state: bool  # whether push takes the learner's state dict (else the controller gathers none)
+
     def connect(self, learners: list, workers: list, timeout_s: float) -> None:
         """Once, after the actors started (a restarted controller connects its new actors again)."""
 
-    def push(self, version: int, state_ref: ray.ObjectRef, workers: list, timeout_s: float,
+    def push(self, version: int, state_ref: ray.ObjectRef | None, workers: list, timeout_s: float,
              nbytes: int = 0) -> SyncReport:
-        """Make every worker hold ``version`` before returning (or raise naming what timed out)."""
+        """Make every worker hold ``version`` before returning (or raise naming what timed out); ``state_ref``:
+        the learner's state dict, None where the transport does not carry it."""
 
 
 class ObjectStoreTransport:
     """The state dict travels through Ray's object store; workers load it with ``update_weights``."""
+
+    carries_state = True  # push takes the learner's full state dict (an object ref)
 
     def connect(self, learners: list, workers: list, timeout_s: float) -> None:
         pass
@@ -52,11 +59,12 @@ class ObjectStoreTransport:
 
 
 class BroadcastTransport(ObjectStoreTransport):
-    """vLLM engines fed by broadcast from learner rank 0 through vLLM's weight-transfer API; the workers' replicas
-    (and their version) through the object store first."""
+    """vLLM engines fed by broadcast from learner rank 0 through vLLM's weight-transfer API; the workers' replicas,
+    where they score, through the object store first (else the workers only take the new version: no state
+    dict is gathered or stored at all)."""
 
-    def __init__(self, backend: str, ranks_per_engine: int):
-        self.backend, self.ranks_per_engine = backend, ranks_per_engine
+    def __init__(self, backend: str, ranks_per_engine: int, replicas: bool):
+        self.backend, self.ranks_per_engine, self.carries_state = backend, ranks_per_engine, replicas
         self.learners: list = []
 
     def connect(self, learners: list, workers: list, timeout_s: float) -> None:
@@ -81,4 +89,4 @@ def make_transport(cfg) -> WeightTransport:
     plan = sync_plan(cfg)
     if plan.broadcast is None:
         return ObjectStoreTransport()
-    return BroadcastTransport(plan.broadcast, plan.ranks_per_engine)
+    return BroadcastTransport(plan.broadcast, plan.ranks_per_engine, cfg.rollout.resolved_attention_on == "rollout")

@@ -4,7 +4,7 @@ Plain functions on tensors and strings: no Ray, no models, no config. The regist
 and weighs them is `ral_dist.rewards`."""
 
 from ral_dist.algorithms.advantages import group_advantages
-from ral_dist.algorithms.aggregation import aggregate_tokens, masked_mean
+from ral_dist.algorithms.aggregation import Denominators, aggregate_tokens, masked_mean
 from ral_dist.algorithms.answer_rewards import exact_match, extract_answer, format_score, normalize_answer
 from ral_dist.algorithms.attention_loss import attention_jsd, ral_attention_loss, row_jsd
 from ral_dist.algorithms.attention_rewards import consistency, sparsity
@@ -23,6 +23,7 @@ from ral_dist.algorithms.ral_loss import LossTerms, ral_loss
 from ral_dist.algorithms.score import Score
 
 __all__ = [
+    "Denominators",
     "PROBLEM_TYPES",
     "ProblemType",
     "DistillTerms",

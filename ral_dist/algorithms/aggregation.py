@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from torch import Tensor
 
 AggMode = Literal["token_mean", "seq_mean"]
+
+
+@dataclass(frozen=True)
+class Denominators:
+    """What a part of a batch divides its sums by, so that the parts' values add up to the whole batch's mean:
+    the batch's valid tokens (token_mean) and sequences with a valid token (seq_mean). A learner that splits a
+    mini-batch over micro-batches and ranks passes the mini-batch's counts over all ranks divided by the number of
+    ranks (DeepSpeed averages the ranks' gradients)."""
+
+    tokens: float
+    sequences: float
 
 
 def _masked(values: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
@@ -34,19 +46,25 @@ def masked_mean(values: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
     return _safe_div(v.sum(dim=dim), m.sum(dim=dim))
 
 
-def aggregate_tokens(values: Tensor, mask: Tensor, mode: AggMode = "token_mean") -> Tensor:
+def aggregate_tokens(values: Tensor, mask: Tensor, mode: AggMode = "token_mean",
+                     denominators: Denominators | None = None) -> Tensor:
     """Reduce per-token values [B, T] to a scalar.
 
     token_mean: sum over valid tokens / number of valid tokens in the batch.
     seq_mean: mean over sequences of each sequence's token mean; sequences with no valid token are excluded.
-    No valid token at all gives 0.
+    No valid token at all gives 0. With ``denominators`` the sums are divided by those counts instead of this
+    batch's own (this batch is a part of the one the mean is over).
     """
     if mode == "token_mean":
-        return masked_mean(values, mask)
+        if denominators is None:
+            return masked_mean(values, mask)
+        return _masked(values, mask)[0].sum() / denominators.tokens
     if mode == "seq_mean":
         per_seq = masked_mean(values, mask, dim=-1)
         has_tokens = mask.bool().any(dim=-1)
-        return masked_mean(per_seq, has_tokens)
+        if denominators is None:
+            return masked_mean(per_seq, has_tokens)
+        return _masked(per_seq, has_tokens)[0].sum() / denominators.sequences
     raise ValueError(f"unknown aggregation mode {mode!r}")
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from ral_dist.algorithms.aggregation import AggMode, aggregate_tokens, broadcast_advantages
+from ral_dist.algorithms.aggregation import AggMode, Denominators, aggregate_tokens, broadcast_advantages
 from ral_dist.algorithms.jsd import jsd
 
 
@@ -19,6 +19,7 @@ def ral_attention_loss(
     row_mask: Tensor,
     advantages: Tensor,
     mode: AggMode = "token_mean",
+    denominators: Denominators | None = None,
 ) -> Tensor:
     """L_attn = aggregate over valid rows of A * JSD(p_theta || stopgrad(p_old)).
 
@@ -26,7 +27,7 @@ def ral_attention_loss(
     advantages: [B] or [B, R]. Minimising it pulls p_theta toward p_old where A > 0, away where A < 0.
     """
     d = row_jsd(p_theta, p_old)
-    return aggregate_tokens(broadcast_advantages(advantages, d) * d, row_mask, mode)
+    return aggregate_tokens(broadcast_advantages(advantages, d) * d, row_mask, mode, denominators)
 
 
 def attention_jsd(
@@ -34,6 +35,7 @@ def attention_jsd(
     p_target: Tensor,
     row_mask: Tensor,
     mode: AggMode = "token_mean",
+    denominators: Denominators | None = None,
 ) -> Tensor:
     """Mean over valid rows of JSD(p_student || stopgrad(p_target)), no advantage. Shapes as above."""
-    return aggregate_tokens(row_jsd(p_student, p_target), row_mask, mode)
+    return aggregate_tokens(row_jsd(p_student, p_target), row_mask, mode, denominators)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ral_dist.algorithms.aggregation import AggMode, aggregate_tokens
+from ral_dist.algorithms.aggregation import AggMode, Denominators, aggregate_tokens
 from ral_dist.algorithms.ral_loss import LossTerms
 
 # Probabilities are clamped at this floor before log, as in the JSD (RAL.md §3): a teacher log-prob of -inf
@@ -22,6 +22,7 @@ def reverse_kl_full(
     teacher_logprobs: Tensor,
     mask: Tensor,
     mode: AggMode = "token_mean",
+    denominators: Denominators | None = None,
 ) -> Tensor:
     """KL(student || teacher) = sum_v p_s (log p_s - log p_t) per token, aggregated.
 
@@ -30,7 +31,7 @@ def reverse_kl_full(
     logp_s = torch.log_softmax(student_logits.float(), dim=-1)
     logp_t = teacher_logprobs.detach().float().clamp(min=_LOG_EPS)
     per_token = (logp_s.exp() * (logp_s - logp_t)).sum(dim=-1)
-    return aggregate_tokens(per_token, mask, mode)
+    return aggregate_tokens(per_token, mask, mode, denominators)
 
 
 def reverse_kl_topk(
@@ -39,6 +40,7 @@ def reverse_kl_topk(
     teacher_topk_logprobs: Tensor,
     mask: Tensor,
     mode: AggMode = "token_mean",
+    denominators: Denominators | None = None,
 ) -> Tensor:
     """Reverse KL over k + 1 buckets: the teacher's top-k tokens and one residual bucket for the rest.
 
@@ -55,7 +57,7 @@ def reverse_kl_topk(
     res_s = (1.0 - p_s.sum(dim=-1)).clamp(min=0.0)
     res_t = (1.0 - logp_t.exp().sum(dim=-1)).clamp(min=0.0)
     res_term = res_s * (torch.log(res_s.clamp(min=_EPS)) - torch.log(res_t.clamp(min=_EPS)))
-    return aggregate_tokens(topk_term + res_term, mask, mode)
+    return aggregate_tokens(topk_term + res_term, mask, mode, denominators)
 
 
 @dataclass

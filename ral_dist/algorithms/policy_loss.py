@@ -5,7 +5,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ral_dist.algorithms.aggregation import AggMode, aggregate_tokens, broadcast_advantages, masked_mean
+from ral_dist.algorithms.aggregation import (
+    AggMode,
+    Denominators,
+    aggregate_tokens,
+    broadcast_advantages,
+    masked_mean,
+)
 
 # Bound on |log-ratio| before exp: masked padding may hold garbage log-probs, and exp(huge) = inf would turn
 # the zero gradient that torch.where sends to masked entries into 0 * inf = NaN.
@@ -20,13 +26,14 @@ def clipped_surrogate(
     clip_eps: float = 0.2,
     mode: AggMode = "token_mean",
     token_weights: Tensor | None = None,
+    denominators: Denominators | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
     """PPO clipped policy loss (to minimise): -min(ratio*A, clip(ratio, 1-eps, 1+eps)*A), aggregated.
 
     logp, old_logp, mask: [B, T]; advantages: [B] (one per sequence) or [B, T]. old_logp is detached.
     token_weights [B, T], optional: each token's term is multiplied by it (detached), e.g. `tis_weights`.
     Returns (loss scalar, stats) with stats clip_fraction (share of valid tokens where the clipped branch is
-    the active one) and ratio_mean (mean ratio over valid tokens).
+    the active one) and ratio_mean (mean ratio over valid tokens), both over ``denominators.tokens`` when given.
     """
     log_ratio = (logp.float() - old_logp.detach().float()).clamp(-_MAX_LOG_RATIO, _MAX_LOG_RATIO)
     ratio = torch.exp(log_ratio)
@@ -36,11 +43,11 @@ def clipped_surrogate(
     per_token = -torch.minimum(unclipped, clipped)
     if token_weights is not None:
         per_token = per_token * token_weights.detach().float()
-    loss = aggregate_tokens(per_token, mask, mode)
+    loss = aggregate_tokens(per_token, mask, mode, denominators)
     with torch.no_grad():
         stats = {
-            "clip_fraction": masked_mean((clipped < unclipped).float(), mask).item(),
-            "ratio_mean": masked_mean(ratio, mask).item(),
+            "clip_fraction": aggregate_tokens((clipped < unclipped).float(), mask, "token_mean", denominators).item(),
+            "ratio_mean": aggregate_tokens(ratio, mask, "token_mean", denominators).item(),
         }
     return loss, stats
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ral_dist.algorithms.aggregation import AggMode, aggregate_tokens
+from ral_dist.algorithms.aggregation import AggMode, Denominators, aggregate_tokens
 from ral_dist.algorithms.attention_loss import attention_jsd, ral_attention_loss
 from ral_dist.algorithms.policy_loss import clipped_surrogate, k3_kl
 
@@ -45,6 +45,7 @@ def ral_loss(
     lambda_attn: float = 1.0,
     mode: AggMode = "token_mean",
     token_weights: Tensor | None = None,
+    denominators: Denominators | None = None,
 ) -> LossTerms:
     """Compute every term of the RAL loss.
 
@@ -53,13 +54,15 @@ def ral_loss(
     row_mask may be None when lambda_attn == 0 (attn is then a 0 tensor). When the attention rows are
     given with lambda_attn == 0, attn is still computed for logging but never enters total, so total is
     exactly the GRPO loss. token_weights [B, T] (e.g. TIS weights) scale the policy-gradient term only, not
-    the KL or attention terms.
+    the KL or attention terms. ``denominators``: this batch is a part of the one every mean is over (micro-batches
+    and learner ranks; `Denominators`).
     """
-    policy, stats = clipped_surrogate(logp, old_logp, advantages, token_mask, clip_eps, mode, token_weights)
+    policy, stats = clipped_surrogate(logp, old_logp, advantages, token_mask, clip_eps, mode, token_weights,
+                                      denominators)
     zero = torch.zeros((), dtype=torch.float32, device=logp.device)
 
     if ref_logp is not None:
-        kl = aggregate_tokens(k3_kl(logp, ref_logp.detach()), token_mask, mode)
+        kl = aggregate_tokens(k3_kl(logp, ref_logp.detach()), token_mask, mode, denominators)
     elif beta == 0:
         kl = zero
     else:
@@ -67,9 +70,9 @@ def ral_loss(
 
     have_attn = p_theta is not None and p_old is not None and row_mask is not None
     if have_attn:
-        attn = ral_attention_loss(p_theta, p_old, row_mask, advantages, mode)
+        attn = ral_attention_loss(p_theta, p_old, row_mask, advantages, mode, denominators)
         with torch.no_grad():
-            attn_jsd_mean = attention_jsd(p_theta, p_old, row_mask, mode).item()
+            attn_jsd_mean = attention_jsd(p_theta, p_old, row_mask, mode, denominators).item()
     elif lambda_attn == 0:
         attn, attn_jsd_mean = zero, 0.0
     else:

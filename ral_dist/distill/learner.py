@@ -14,6 +14,7 @@ import torch
 
 from ral_dist.actors.learner import Learner, MiniBatch
 from ral_dist.algorithms import (
+    Denominators,
     DistillTerms,
     LossTerms,
     attention_jsd,
@@ -58,7 +59,8 @@ def fetch_targets(trajectories: list[Trajectory], teacher: list, step: int, time
 
 
 def distill_terms(grpo: LossTerms, student_logits: torch.Tensor, p_theta: torch.Tensor, batch: LearnerBatch,
-                  teacher: TeacherBatch, dc: DistillConfig, mode: str = "token_mean") -> DistillTerms:
+                  teacher: TeacherBatch, dc: DistillConfig, mode: str = "token_mean",
+                  denominators: Denominators | None = None) -> DistillTerms:
     """GRPO + mu * KL(student || teacher) + gamma_attn * mean_t JSD(p_theta^t || p_teacher^t) (RAL.md §5).
 
     student_logits: [B, R, V] (already divided by the sampling temperature); p_theta: [B, R, P + R] with grad.
@@ -66,11 +68,11 @@ def distill_terms(grpo: LossTerms, student_logits: torch.Tensor, p_theta: torch.
     """
     mask = batch.response_mask
     if teacher.logprobs is not None:
-        rkl = reverse_kl_full(student_logits, teacher.logprobs, mask, mode)
+        rkl = reverse_kl_full(student_logits, teacher.logprobs, mask, mode, denominators)
     else:
-        rkl = reverse_kl_topk(student_logits, teacher.topk_ids, teacher.topk_logprobs, mask, mode)
+        rkl = reverse_kl_topk(student_logits, teacher.topk_ids, teacher.topk_logprobs, mask, mode, denominators)
     p = p_theta if dc.gamma_attn != 0 else p_theta.detach()
-    jsd = attention_jsd(p, teacher.attention, mask, mode)
+    jsd = attention_jsd(p, teacher.attention, mask, mode, denominators)
     return distill_loss(grpo, rkl, jsd, mu=dc.mu, gamma_attn=dc.gamma_attn)
 
 
@@ -89,6 +91,6 @@ class DistillLearner(Learner):
     def compute_loss(self, mb: MiniBatch, forward: ResponseForward) -> tuple[LossTerms, dict[str, torch.Tensor]]:
         grpo, _ = super().compute_loss(mb, forward)
         teacher = teacher_batch(mb.batch, [self._shard_targets[i] for i in mb.indices])
-        d = distill_terms(grpo, forward.logits, forward.attention, mb.batch, teacher, self.cfg.distill,
-                          self.cfg.learner.loss_agg)
+        d = distill_terms(grpo, forward.logits / self.cfg.rollout.temperature, forward.attention, mb.batch, teacher,
+                          self.cfg.distill, self.cfg.learner.loss_agg, mb.denominators)
         return dataclasses.replace(grpo, total=d.total), {"reverse_kl": d.reverse_kl, "teacher_attn_jsd": d.attn_jsd}

@@ -21,13 +21,17 @@ from ral_dist.models import build_policy
 from ral_dist.models.capture import use_capture_attention
 from ral_dist.models.generation import forward_responses
 from ral_dist.runtime import metrics
+from ral_dist.runtime.devices import actor_device, assigned_gpu_ids
 
 
 def _place(adapter, model: torch.nn.Module) -> torch.device:
-    """The teacher on its GPU(s): one GPU holds it whole; with several (a 32B teacher) accelerate splits it."""
-    if not torch.cuda.is_available():
-        return torch.device("cpu")
-    if torch.cuda.device_count() > 1:
+    """The teacher on the GPU(s) Ray assigned this actor (decided here, never by the driver): one GPU holds it
+    whole; with several (a 32B teacher) accelerate splits it; none: the CPU."""
+    gpu_ids = assigned_gpu_ids()
+    device = actor_device(gpu_ids, torch.cuda.is_available())
+    if device.type == "cpu":
+        return device
+    if len(gpu_ids) > 1:
         from accelerate import dispatch_model, infer_auto_device_map
 
         device_map = infer_auto_device_map(model, no_split_module_classes=model._no_split_modules)
@@ -35,8 +39,8 @@ def _place(adapter, model: torch.nn.Module) -> torch.device:
         # the capture's row indices are built on the input device, the last layer may sit on another GPU
         adapter.language_layers(model)[-1].self_attn.register_forward_pre_hook(_capture_to_module_device)
     else:
-        model.to("cuda")
-    return torch.device("cuda", 0)
+        model.to(device)
+    return device
 
 
 def _capture_to_module_device(module: torch.nn.Module, _args) -> None:
@@ -102,7 +106,7 @@ class TeacherActor:
         wire = torch.float16 if tc.attention_wire_dtype == "float16" else torch.float32
         attention = batch.unpad(fwd.attention, keys=True)
         token_logprobs = batch.unpad(fwd.logprobs)
-        logprobs = batch.unpad(torch.log_softmax(fwd.logits, -1))
+        logprobs = batch.unpad(torch.log_softmax(fwd.logits / cfg.rollout.temperature, -1))
         out = []
         for att, tok_lp, lp in zip(attention, token_logprobs, logprobs, strict=True):
             common = {"attention": att.to(wire).cpu().clone(), "token_logprobs": tok_lp.float().cpu().clone()}

@@ -73,6 +73,35 @@ def trajectories_from_generation(gen: Generation, samples: list, groups: list[in
     return out
 
 
+def pack_micro_batches(lengths: Sequence[int], budget: int | None) -> list[list[int]]:
+    """Positions of a mini-batch's sequences grouped into micro-batches: longest first, each group as many as fit
+    ``budget`` tokens once padded to its longest (one sequence at least, whatever its length); None: one group, in
+    order (the whole mini-batch in one forward)."""
+    if budget is None:
+        return [list(range(len(lengths)))]
+    groups: list[list[int]] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        if groups and (len(groups[-1]) + 1) * lengths[groups[-1][0]] <= budget:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups
+
+
+def split_groups(groups: list[list[int]], count: int) -> list[list[int]]:
+    """``groups`` split into ``count`` by halving the largest (learner ranks must run the same number of forwards:
+    ZeRO-3 gathers parameters in each); groups stay empty when there are fewer items than ``count``."""
+    groups = [list(g) for g in groups]
+    while len(groups) < count:
+        largest = max(range(len(groups)), key=lambda k: len(groups[k]))
+        group = groups[largest]
+        if len(group) < 2:
+            groups.append([])
+            continue
+        groups[largest : largest + 1] = [group[: len(group) // 2], group[len(group) // 2 :]]
+    return groups
+
+
 @dataclass
 class ResponseBatch:
     """Trajectories' prompts re-encoded (left-padded to P) and their responses right-padded to R."""

@@ -40,7 +40,19 @@ def tiny_architecture(family: str, tiny: dict | None = None) -> dict:
 
 
 __all__ = ["ADAPTERS", "PromptBatch", "VLMAdapter", "VisualPrompt", "adapter_for_checkpoint", "append_response",
-           "build_policy", "freeze_vision_tower", "get_adapter", "tiny_architecture"]
+           "build_policy", "enable_gradient_checkpointing", "freeze_vision_tower", "get_adapter", "tiny_architecture"]
+
+
+def enable_gradient_checkpointing(model) -> None:
+    """Recompute each decoder layer in the backward instead of keeping its activations (non-reentrant)."""
+    enable = getattr(model, "activation_checkpointing_enable", None)  # the newer name; older 5.x only has the alias
+    if enable is not None:
+        enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    # it makes every input embedding's output require grad, the vision tower's patches too: a frozen tower would then
+    # save its blocks' inputs and run its backward; non-reentrant checkpoints need none of those hooks
+    model.disable_input_require_grads()
 
 
 def freeze_vision_tower(model) -> None:

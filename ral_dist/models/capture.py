@@ -9,7 +9,11 @@ A `DecodeCapture` does the same across the passes of a cached ``generate``: the 
 each decoding pass's one new row, so a rollout gets its rows without a second forward.
 
 Works with and without grad: under ``torch.no_grad`` (rollout, teacher) the result is a plain tensor; in the
-learner the probabilities stay in the graph, so the RAL loss back-propagates through the last layer's q and k.
+learner the probabilities stay in the graph, so the RAL loss back-propagates through the last layer's q and k. A
+`CaptureRequest` keeps the layer's q and k and computes the rows after the forward, outside the layer: with grad,
+each chunk of rows is checkpointed (its q·K^T is recomputed in the backward instead of kept, so the backward holds
+one chunk at a time), and a gradient-checkpointed layer, which runs its forward twice, saves the same tensors both
+times.
 """
 
 from __future__ import annotations
@@ -21,12 +25,14 @@ from typing import Literal
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 ATTN_IMPLEMENTATION = "ral_sdpa"
 RowAlignment = Literal["paper", "sampling"]
+CAPTURE_CHUNK_ROWS = 64  # query rows whose q . K^T exist at once (and, with grad, are recomputed in the backward)
 
 
 @dataclass
@@ -35,14 +41,33 @@ class CaptureRequest:
 
     rows:      [B, R] query positions (indices into the sequence); -1 marks a row to skip.
     key_mask:  [B, T] True for real (non-padding) keys.
-    policy:    [B, R, T] fp32 after the forward; row b,r is p^t over keys j < t (zeros elsewhere and on
+    policy:    [B, R, T] fp32, after the forward; row b,r is p^t over keys j < t (zeros elsewhere and on
                skipped rows).
     """
 
     rows: torch.Tensor
     key_mask: torch.Tensor
-    chunk_rows: int = 64
-    policy: torch.Tensor | None = None
+    chunk_rows: int = CAPTURE_CHUNK_ROWS
+    _qk: tuple | None = field(default=None, repr=False)  # the armed layer's (query, key, scaling), first call only
+    _policy: torch.Tensor | None = field(default=None, repr=False)
+
+    def record(self, query: torch.Tensor, key: torch.Tensor, scaling: float) -> None:
+        if self._qk is None:  # a gradient-checkpointed layer's recompute calls again: keep the forward's
+            self._qk = (query, key, scaling)
+
+    @property
+    def policy(self) -> torch.Tensor | None:
+        if self._policy is None and self._qk is not None:
+            query, key, scaling = self._qk
+            if torch.is_grad_enabled() and (query.requires_grad or key.requires_grad):
+                parts = [checkpoint(rows_attention_policy, query, key, self.rows[:, s : s + self.chunk_rows],
+                                    self.key_mask, scaling, self.chunk_rows, use_reentrant=False)
+                         for s in range(0, self.rows.shape[1], self.chunk_rows)]
+                self._policy = torch.cat(parts, dim=1)
+            else:
+                self._policy = rows_attention_policy(query, key, self.rows, self.key_mask, scaling, self.chunk_rows)
+            self._qk = None
+        return self._policy
 
 
 @dataclass
@@ -80,11 +105,7 @@ def _ral_sdpa(module: nn.Module, query, key, value, attention_mask, **kwargs):
     request = module.__dict__.get("_ral_capture")
     if request is not None:
         scaling = kwargs.get("scaling") or module.scaling
-        if isinstance(request, DecodeCapture):
-            request.record(query, key, scaling)
-        else:
-            request.policy = rows_attention_policy(query, key, request.rows, request.key_mask, scaling,
-                                                   request.chunk_rows)
+        request.record(query, key, scaling)
     return out, None
 
 

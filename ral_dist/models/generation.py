@@ -13,10 +13,21 @@ import time
 from dataclasses import dataclass, field
 
 import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
 from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
 from ral_dist.models.base import PromptBatch, VisualPrompt, VLMAdapter, append_response
-from ral_dist.models.capture import DecodeCapture, RowAlignment, armed, capture_attention, response_rows
+from ral_dist.models.capture import (
+    CAPTURE_CHUNK_ROWS,
+    CaptureRequest,
+    DecodeCapture,
+    RowAlignment,
+    armed,
+    response_rows,
+)
+
+LOGPROB_CHUNK = 1024  # response positions whose fp32 vocabulary logits exist at once in the learner
 
 
 @dataclass
@@ -55,36 +66,75 @@ class ResponseForward:
     attention: torch.Tensor | None = None  # [N, R, T] attention policy rows of the response tokens
     question_attention: torch.Tensor | None = None  # [N, Q, T] rows of the question tokens
     question_rows: torch.Tensor | None = None  # [N, Q] positions of those rows (-1 = none)
-    logits: torch.Tensor | None = None  # [N, R, V] fp32 logits / temperature that predict the response (keep_logits)
+    logits: torch.Tensor | None = None  # [N, R, V] fp32 logits that predict the response, before the temperature
+
+
+class _LastHiddenState:
+    """Keeps the language model's final hidden states of the next forward (a hook on the backbone, so the call
+    still goes through the model, or the DeepSpeed engine that wraps it)."""
+
+    def __init__(self, model):
+        self.backbone, self.hidden = getattr(model, "module", model).model, None
+
+    def __enter__(self) -> _LastHiddenState:
+        self._handle = self.backbone.register_forward_hook(
+            lambda _m, _i, out: setattr(self, "hidden", out.last_hidden_state))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._handle.remove()
+
+
+def _token_logprobs(lm_head: nn.Module, hidden: torch.Tensor, ids: torch.Tensor, temperature: float) -> torch.Tensor:
+    logits = lm_head(hidden).float() / temperature
+    return torch.log_softmax(logits, -1).gather(-1, ids[:, None]).squeeze(-1)
+
+
+def response_logprobs(lm_head: nn.Module, hidden: torch.Tensor, ids: torch.Tensor, temperature: float,
+                      chunk: int = LOGPROB_CHUNK) -> torch.Tensor:
+    """[N, R] log-probs of ``ids`` from the hidden states [N, R, H] that predict them, ``chunk`` positions at a
+    time: with grad each chunk is checkpointed (its fp32 logits are recomputed in the backward), so full-vocabulary
+    logits of the whole batch never exist at once."""
+    flat_h, flat_ids = hidden.reshape(-1, hidden.shape[-1]), ids.reshape(-1)
+    grad = torch.is_grad_enabled() and hidden.requires_grad
+    parts = [checkpoint(_token_logprobs, lm_head, flat_h[s : s + chunk], flat_ids[s : s + chunk], temperature,
+                        use_reentrant=False) if grad else
+             _token_logprobs(lm_head, flat_h[s : s + chunk], flat_ids[s : s + chunk], temperature)
+             for s in range(0, flat_ids.shape[0], chunk)]
+    return torch.cat(parts).view_as(ids)
 
 
 def forward_responses(adapter: VLMAdapter, model, prompts: PromptBatch, response_ids: torch.Tensor,
                       response_mask: torch.Tensor, pad_token_id: int, temperature: float = 1.0,
                       capture: bool = True, capture_question: bool = False, alignment: RowAlignment = "paper",
-                      keep_logits: bool = False, chunk_rows: int = 64) -> ResponseForward:
+                      keep_logits: bool = False, chunk_rows: int = CAPTURE_CHUNK_ROWS) -> ResponseForward:
     """One forward over prompt + response: per-token log-probs and (optionally) the attention policy rows and the
-    response logits. Runs with whatever grad mode the caller set (no grad in rollouts, with grad in the learner)."""
+    response logits. Runs with whatever grad mode the caller set (no grad in rollouts, with grad in the learner).
+    The vocabulary projection runs on the response positions only (no KV cache, no prompt logits)."""
     inputs = append_response(prompts.inputs, response_ids, response_mask, pad_token_id)
-    P = prompts.prompt_len
+    P, R = prompts.prompt_len, response_ids.shape[1]
     rows = response_rows(P, response_mask, alignment) if capture else None
-    q_rows = pad_positions(prompts.question_positions) if capture_question else None
+    q_rows = pad_positions(prompts.question_positions).to(response_ids.device) if capture_question else None
     if capture and capture_question:
         rows = torch.cat([rows, q_rows], dim=1)
     attn_module = adapter.language_layers(model)[-1].self_attn
-    if rows is not None:
-        with capture_attention(attn_module, rows, inputs["attention_mask"], chunk_rows) as request:
-            logits = model(**inputs).logits
-        policy = request.policy
+    request = CaptureRequest(rows, inputs["attention_mask"], chunk_rows) if rows is not None else None
+    with armed(attn_module, request) if request is not None else contextlib.nullcontext(), \
+            _LastHiddenState(model) as kept:
+        model(**inputs, use_cache=False, logits_to_keep=1)  # the one logit row: its cost, not the whole sequence's
+    # the hidden state at position P-1+i predicts response token i
+    hidden = kept.hidden[:, P - 1 : P - 1 + R]
+    lm_head = getattr(model, "module", model).get_output_embeddings()
+    logits = lm_head(hidden).float() if keep_logits else None
+    if logits is not None:
+        logprobs = torch.log_softmax(logits / temperature, -1).gather(-1, response_ids[..., None]).squeeze(-1)
     else:
-        logits, policy = model(**inputs).logits, None
-    # logits at position P-1+i predict response token i
-    resp_logits = logits[:, P - 1 : P - 1 + response_ids.shape[1]].float() / temperature
-    logprobs = torch.log_softmax(resp_logits, -1).gather(-1, response_ids[..., None]).squeeze(-1)
+        logprobs = response_logprobs(lm_head, hidden, response_ids, temperature)
     logprobs = logprobs * response_mask
-    n_resp = response_ids.shape[1]
-    attention = policy[:, :n_resp] if policy is not None else None
-    question_attention = policy[:, n_resp:] if (policy is not None and capture_question) else None
-    return ResponseForward(logprobs, attention, question_attention, q_rows, resp_logits if keep_logits else None)
+    policy = request.policy if request is not None else None
+    attention = policy[:, :R] if policy is not None else None
+    question_attention = policy[:, R:] if (policy is not None and capture_question) else None
+    return ResponseForward(logprobs, attention, question_attention, q_rows, logits)
 
 
 class _FirstEosFed(StoppingCriteria):
@@ -132,8 +182,10 @@ def generate(adapter: VLMAdapter, model, processor, prompts: list[VisualPrompt],
     # Prompt rows: the question's (consistency reward) and the last one (row of the first token, "sampling").
     q_rows = pad_positions(batch.question_positions) if capture_question else None
     last = torch.full((len(expanded), 1), P - 1, dtype=torch.long)
-    request = DecodeCapture(last if q_rows is None else torch.cat([q_rows, last], 1),
-                            batch.inputs["attention_mask"].bool())
+    device = model.device  # the inputs and the capture live where the model runs; the result comes back to the CPU
+    inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.inputs.items()}
+    request = DecodeCapture((last if q_rows is None else torch.cat([q_rows, last], 1)).to(device),
+                            inputs["attention_mask"].bool())
     # eos_token_id=[]: none of transformers' own EOS stopping, which ends a row before its EOS is fed back (see
     # _FirstEosFed); None would take the model's default.
     config = GenerationConfig(eos_token_id=[], pad_token_id=tok.pad_token_id, do_sample=not greedy,
@@ -142,23 +194,23 @@ def generate(adapter: VLMAdapter, model, processor, prompts: list[VisualPrompt],
     t0 = time.perf_counter()
     attn_module = adapter.language_layers(model)[-1].self_attn
     with armed(attn_module, request) if capture else contextlib.nullcontext():
-        out = model.generate(**batch.inputs, generation_config=config,
+        out = model.generate(**inputs, generation_config=config,
                              stopping_criteria=StoppingCriteriaList([_FirstEosFed(P, eos)]))
     t1 = time.perf_counter()
-    response_ids = out.sequences[:, P : P + max_new_tokens]
+    response_ids = out.sequences[:, P : P + max_new_tokens].cpu()
     if response_ids.shape[1] == 0:
         response_ids = torch.full((len(expanded), 1), tok.pad_token_id, dtype=torch.long)
     n_resp = response_ids.shape[1]
     response_mask = eos_mask(response_ids, eos)
     response_ids = torch.where(response_mask.bool(), response_ids, torch.full_like(response_ids, tok.pad_token_id))
     inv_temp = 1.0 if greedy else 1.0 / temperature
-    logprobs = torch.stack([torch.log_softmax(step.float() * inv_temp, -1).gather(-1, response_ids[:, i, None])[:, 0]
-                            for i, step in enumerate(out.logits[:n_resp])], 1) * response_mask
+    logprobs = torch.stack([torch.log_softmax(step.float() * inv_temp, -1).gather(-1, response_ids[:, i, None].to(device))
+                            [:, 0].cpu() for i, step in enumerate(out.logits[:n_resp])], 1) * response_mask
     attention = q_attention = None
     if capture:
-        attention = decoded_rows(request, n_resp, alignment) * response_mask[..., None]
+        attention = decoded_rows(request, n_resp, alignment).cpu() * response_mask[..., None]
         if capture_question:
-            q_attention = torch.nn.functional.pad(request.prompt_policy[:, : q_rows.shape[1]], (0, n_resp))
+            q_attention = torch.nn.functional.pad(request.prompt_policy[:, : q_rows.shape[1]].cpu(), (0, n_resp))
     texts = tok.batch_decode(response_ids * response_mask + tok.pad_token_id * (1 - response_mask),
                              skip_special_tokens=True)
     seconds = {"generation": t1 - t0, "attention_capture": time.perf_counter() - t1}

@@ -9,8 +9,9 @@ import ray
 
 from ral_dist.paths import torch_extensions_dir
 
-# Environment every Ray worker of ours needs (DeepSpeed on CPU, the cached JIT ops, no usage reporting).
-WORKER_ENV_KEYS = ("DS_BUILD_OPS", "TORCH_EXTENSIONS_DIR", "DS_ACCELERATOR", "RAL_DIST_CACHE", "RAY_USAGE_STATS_ENABLED")
+# Environment every Ray worker of ours needs (no DeepSpeed op builds, the cached JIT ops, no usage reporting). Never
+# DS_ACCELERATOR: each actor decides it from its own device (ral_dist.runtime.devices).
+WORKER_ENV_KEYS = ("DS_BUILD_OPS", "TORCH_EXTENSIONS_DIR", "RAL_DIST_CACHE", "RAY_USAGE_STATS_ENABLED")
 
 
 NAMESPACE = "ral_dist"  # the job's named actors (ral-<run>-<role>-<i>) live here

@@ -19,7 +19,7 @@ import torch.distributed as dist
 from ral_dist.config import SFTJobConfig
 from ral_dist.data.readers import read_split
 from ral_dist.models import build_policy, freeze_vision_tower
-from ral_dist.runtime.deepspeed_setup import full_state_dict, init_engine, set_lr
+from ral_dist.runtime.deepspeed_setup import deepspeed_config, full_state_dict, init_engine, set_lr
 from ral_dist.runtime.schedule import batch_indices, cosine_lr, format_eta
 from ral_dist.sft.batch import sft_batch
 
@@ -41,8 +41,8 @@ def sft_train_loop(loop_config: dict) -> None:
     samples, skipped = read_split(cfg.data, "train")
     if rank == 0 and skipped:
         print(f"[sft] skipped {len(skipped)} malformed rows, e.g. line {skipped[0].line}: {skipped[0].reason}")
-    engine, optimizer = init_engine(model, tc.lr, tc.weight_decay, tc.zero_stage, micro, tc.grad_clip,
-                                    bf16=cfg.model.dtype == "bfloat16", betas=tc.adam_betas)
+    ds_config = deepspeed_config(tc.zero_stage, micro, tc.grad_clip, bf16=cfg.model.dtype == "bfloat16")
+    engine, optimizer = init_engine(model, tc.lr, tc.weight_decay, ds_config, betas=tc.adam_betas)
 
     history: list[dict] = []
     running, t0 = [], time.time()

@@ -17,10 +17,16 @@ then we reset the engine's encoder and prefix caches, as the bytes path does.
 One engine per rollout worker, so each engine's workers get their own rank offset (`RolloutActorsClient`). The
 rollout workers' transformers replicas still load the state dict from the object store
 (`ral_dist.actors.weight_sync`).
+
+The sync check: learner rank 0 digests every tensor as it sends it (`ral_dist.vllm.weight_digest`, on the
+learner's device) and hands the digest to the rollout workers with ``finish_weight_update``; their engines'
+workers digest what they received, on theirs. Every wait is bounded (`_bounded`); a transfer that outlives its
+bound fails the step and is never retried (the run's recovery restarts the actors, which ends it).
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import socket
 import time
 from dataclasses import asdict, dataclass
@@ -40,12 +46,24 @@ from vllm.distributed.weight_transfer.nccl_engine import (
 )
 
 from ral_dist.config import ConfigError
-from ral_dist.vllm.byte_sync import with_timeout
+from ral_dist.vllm.weight_digest import Digest, tensor_digest
 from ral_dist.vllm.worker_extension import WeightUpdateExtension
 
 GLOO_BACKEND = "ral_gloo"  # our vLLM weight-transfer backend name (registered below, in every process)
 BACKENDS = {"nccl": "nccl", "gloo": GLOO_BACKEND}  # SyncPlan.broadcast -> vLLM backend
 GLOO_EXTENSION = "ral_dist.vllm.broadcast_sync.GlooWeightUpdateExtension"
+
+
+def _bounded(fn, timeout_s: float, what: str):
+    """Run ``fn`` on a thread and stop waiting after ``timeout_s`` (a blocked NCCL/gloo call cannot be
+    interrupted; the thread is left to the actor's restart, and nothing is retried on top of it)."""
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    try:
+        return pool.submit(fn).result(timeout=timeout_s)
+    except concurrent.futures.TimeoutError:
+        raise TimeoutError(f"{what} did not finish within {timeout_s:.0f}s") from None
+    finally:
+        pool.shutdown(wait=False)
 
 
 def require_cuda(backend: str, where: str) -> None:
@@ -150,8 +168,6 @@ class GlooTrainerWeightTransferEngine(NCCLTrainerWeightTransferEngine):
 
 def _concurrently(remote, local) -> None:
     """Run ``remote`` on a thread while ``local`` runs here; raise the first error of either."""
-    import concurrent.futures
-
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
         future = pool.submit(remote)
         local()
@@ -175,17 +191,27 @@ _register()
 
 class _ZeroSource(ModuleSource):
     """The learner's parameters with their full shapes; under ZeRO-3 each is gathered while it is sent (a collective:
-    every learner rank iterates in the same order, as vLLM's non-sender ranks do)."""
+    every learner rank iterates in the same order, as vLLM's non-sender ranks do). The sender digests each tensor
+    it yields (``sent_digest``: the last iteration's)."""
 
-    def __init__(self, engine):
+    def __init__(self, engine, sender: bool):
         super().__init__(engine.module)
         self.zero3 = engine.zero_optimization_stage() == 3
+        self.sender = sender
+        self.sent_digest: Digest = {}
 
     def metadata(self) -> list[ParamMeta]:
         return [ParamMeta(n, p.dtype, tuple(p.ds_shape) if self.zero3 else tuple(p.shape))
                 for n, p in self._module.named_parameters()]
 
     def __iter__(self):
+        self.sent_digest = {}
+        for name, tensor in self._tensors():
+            if self.sender:
+                self.sent_digest[name] = tensor_digest(tensor)
+            yield name, tensor
+
+    def _tensors(self):
         for name, p in self._module.named_parameters():
             if not self.zero3:
                 yield name, p.detach()
@@ -200,11 +226,12 @@ class RolloutActorsClient:
     """vLLM's `VLLMWeightSyncClient` protocol over our rollout worker actors (one engine each, so each gets its own
     rank offset); every call is bounded by ``timeout_s`` and names what it waited for."""
 
-    def __init__(self, actors: list, ranks_per_engine: int, timeout_s: float):
+    def __init__(self, actors: list, ranks_per_engine: int, timeout_s: float, source: _ZeroSource | None = None):
         self.actors, self.ranks, self.timeout_s = actors, ranks_per_engine, timeout_s
+        self.source = source  # its digest of what was sent goes to the workers with finish_weight_update
 
-    def _all(self, method: str, args: list[tuple]) -> None:
-        refs = [a.vllm_weight_transfer.remote(method, *x) for a, x in zip(self.actors, args, strict=True)]
+    def _all(self, method: str, args: list[tuple], **kwargs) -> None:
+        refs = [a.vllm_weight_transfer.remote(method, *x, **kwargs) for a, x in zip(self.actors, args, strict=True)]
         ready, pending = ray.wait(refs, num_returns=len(refs), timeout=self.timeout_s)
         if pending:
             raise TimeoutError(f"vLLM {method}: {len(pending)} of {len(refs)} rollout workers did not answer within "
@@ -223,7 +250,8 @@ class RolloutActorsClient:
         self._all("update_weights", [({"update_info": update_info},)] * len(self.actors))
 
     def finish_weight_update(self, weight_version: str | None = None) -> None:
-        self._all("finish_weight_update", [()] * len(self.actors))
+        sent = self.source.sent_digest if self.source is not None else None
+        self._all("finish_weight_update", [()] * len(self.actors), sent_digest=sent)
 
 
 def open_sender(rank: int, ds_engine, backend: str, rollout_actors: list, ranks_per_engine: int,
@@ -237,8 +265,8 @@ def open_sender(rank: int, ds_engine, backend: str, rollout_actors: list, ranks_
             s.bind(("", 0))
             address, port = ray.util.get_node_ip_address(), s.getsockname()[1]
     world = 1 + len(rollout_actors) * ranks_per_engine
-    client = RolloutActorsClient(rollout_actors, ranks_per_engine, timeout_s)
-    source = _ZeroSource(ds_engine)
+    source = _ZeroSource(ds_engine, sender=rank == 0)
+    client = RolloutActorsClient(rollout_actors, ranks_per_engine, timeout_s, source)
     if backend == "nccl":
         info = NCCLTrainerInitInfo(master_address=address, master_port=port, world_size=world, rank=rank)
         init = NCCLTrainerWeightTransferEngine.trainer_init
@@ -246,14 +274,14 @@ def open_sender(rank: int, ds_engine, backend: str, rollout_actors: list, ranks_
         info = GlooTrainerInitInfo(master_address=address, master_port=port, world_size=world, rank=rank,
                                    timeout_s=timeout_s)
         init = GlooTrainerWeightTransferEngine.trainer_init
-    return with_timeout(lambda: init(info, client=client, source=source), timeout_s,
-                        f"opening the {backend} weight-transfer group")
+    return _bounded(lambda: init(info, client=client, source=source), timeout_s,
+                    f"opening the {backend} weight-transfer group")
 
 
 def send_weights(sender, backend: str, version: int, timeout_s: float) -> None:
     """One full sync (vLLM's start → broadcast → finish) from a learner actor, bounded in time."""
     t0 = time.time()
-    with_timeout(sender.send_weights, timeout_s, f"{backend} weight broadcast of version {version}")
+    _bounded(sender.send_weights, timeout_s, f"{backend} weight broadcast of version {version}")
     if sender.is_sender:
         print(f"[vllm] v{version} {backend} broadcast from learner rank 0: {len(sender.source.metadata())} "
               f"tensors in {time.time() - t0:.2f}s", flush=True)

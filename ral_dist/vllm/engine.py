@@ -11,11 +11,15 @@ config load), like veRL's old-log-prob pass.
 vLLM's own log-probs are compared with the replica's on every rollout: ``engine_stats`` feeds the step metric
 ``logprob_mismatch`` (`ral_dist.vllm.logprob_mismatch`). Weights reach the running engine as safetensors bytes
 through the worker extension (`ral_dist.vllm.byte_sync`) or by broadcast (`ral_dist.vllm.broadcast_sync`), as the
-job's `SyncPlan` says; the engine is never restarted. vllm is imported when the engine is built.
+job's `SyncPlan` says; the engine is never restarted. With ``run.verify_sync`` every vLLM worker digests the
+tensors it loads (`ral_dist.vllm.weight_digest`), for the rollout worker to compare. The replica runs on the
+rollout worker's device; its inputs go there and its outputs come back to the CPU. vllm is imported when the
+engine is built; `engine_kwargs` (the ``vllm.LLM`` arguments) is tested without it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import tempfile
@@ -25,15 +29,14 @@ import weakref
 import torch
 
 from ral_dist.config import RLJobConfig
-from ral_dist.data import generate as generate_samples
 from ral_dist.models import VisualPrompt
 from ral_dist.models.generation import Generation, eos_mask, forward_responses, generate, pad_positions
-from ral_dist.models.prompting import visual_prompt
-from ral_dist.vllm.byte_sync import push_state_bytes, reset_caches, serialize_state
+from ral_dist.vllm.byte_sync import EngineStateUnknown, push_state_bytes, reset_caches, serialize_state
 from ral_dist.vllm.inputs import check_prompt_tokens, vllm_prompt
 from ral_dist.vllm.logprob_mismatch import BANNED_LOGIT_BIAS, mismatch_stats, sampling_logprobs
-from ral_dist.vllm.sync_plan import SyncPlan
-from ral_dist.vllm.worker_extension import EXTENSION
+from ral_dist.vllm.sync_plan import SyncPlan, sync_plan
+from ral_dist.vllm.weight_digest import Digest
+from ral_dist.vllm.worker_extension import EXTENSION, RECORD_DIGEST, TAKE_DIGEST
 
 
 def _set_env(cpu_kv_cache_gib: int) -> None:
@@ -45,11 +48,37 @@ def _set_env(cpu_kv_cache_gib: int) -> None:
         os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
 
 
+def engine_kwargs(cfg: RLJobConfig, family: str, path: str) -> dict:
+    """The ``vllm.LLM`` arguments of a job whose model lies at ``path`` (``rollout.vllm.llm_kwargs`` win; a
+    broadcast's transfer engine is added where the engine starts, it imports vllm)."""
+    vc = cfg.rollout.vllm
+    limits = {"image": vc.max_images} | ({} if family == "idefics3" else {"video": 1})
+    kwargs = dict(model=path, tokenizer=path, dtype=cfg.model.dtype, seed=cfg.run.seed,
+                  enforce_eager=vc.enforce_eager, worker_extension_cls=EXTENSION, limit_mm_per_prompt=limits,
+                  logprobs_mode="processed_logprobs", max_num_seqs=vc.max_num_seqs)
+    if vc.max_model_len:
+        kwargs["max_model_len"] = vc.max_model_len
+    if sync_plan(cfg).ranks_per_engine > 1:
+        # Inside a placement group vLLM picks its Ray executor, which wants one bundle per GPU and rejects the
+        # rollout worker's one bundle of several GPUs: multiprocess workers on the worker's own GPUs instead.
+        kwargs["distributed_executor_backend"] = "mp"
+    return kwargs | vc.llm_kwargs
+
+
+def _by_worker(reports: list[dict]) -> tuple[dict[str, Digest], float]:
+    """The vLLM workers' digests by holder name, and the longest any of them spent digesting."""
+    return ({f"vLLM worker {i}": r["digest"] for i, r in enumerate(reports)},
+            max([r["digest_s"] for r in reports] + [0.0]))
+
+
 class VLLMEngine:
     """A running ``vllm.LLM`` for one rollout worker; ``model`` is the worker's transformers replica."""
 
     def __init__(self, cfg: RLJobConfig, adapter, model, processor, plan: SyncPlan):
-        self.cfg, self.adapter, self.model, self.processor, self.plan = cfg, adapter, model, processor, plan
+        """``model``: the replica (None when the learner scores and the policy is a checkpoint; a tiny random
+        policy is passed even then, only for vLLM to load its weights)."""
+        self.cfg, self.adapter, self.processor, self.plan = cfg, adapter, processor, plan
+        self.model = model if cfg.rollout.resolved_attention_on == "rollout" else None
         vc = cfg.rollout.vllm
         _set_env(vc.cpu_kv_cache_gib)
         from vllm import LLM
@@ -62,21 +91,21 @@ class VLLMEngine:
             model.save_pretrained(self._tmp, safe_serialization=True)
             processor.save_pretrained(self._tmp)
             path = self._tmp
-        limits = {"image": vc.max_images} | ({} if adapter.family == "idefics3" else {"video": 1})
-        kwargs = dict(model=path, tokenizer=path, dtype=cfg.model.dtype, seed=cfg.run.seed,
-                      enforce_eager=vc.enforce_eager, worker_extension_cls=EXTENSION, limit_mm_per_prompt=limits,
-                      logprobs_mode="processed_logprobs", max_num_seqs=vc.max_num_seqs)
-        if vc.max_model_len:
-            kwargs["max_model_len"] = vc.max_model_len
+        kwargs = engine_kwargs(cfg, adapter.family, path)
         if plan.broadcast:  # weights arrive by broadcast from learner rank 0
             from ral_dist.vllm.broadcast_sync import llm_kwargs
 
-            kwargs.update(llm_kwargs(plan.broadcast))
-        self.llm = LLM(**kwargs | vc.llm_kwargs)
+            kwargs = kwargs | llm_kwargs(plan.broadcast) | vc.llm_kwargs
+        self.llm = LLM(**kwargs)
         self.banned = adapter.banned_token_ids(processor)
         self.eos = adapter.eos_token_ids(processor)
         self.stats: dict = {}  # engine_stats of the last generate(): log-prob mismatch sums
-        self._parity_prompt = None
+        self.verify = cfg.run.verify_sync  # vLLM's workers digest what they load (the sync check)
+        self.unknown_state: str | None = None  # why nothing may be sent to the engine any more
+
+    def _usable(self) -> None:
+        if self.unknown_state is not None:
+            raise EngineStateUnknown(f"the vLLM engine is unusable: {self.unknown_state}")
 
     # ------------------------------------------------------------------ generation
     def _sampling(self, n: int, max_new_tokens: int, temperature: float, top_p: float, greedy: bool,
@@ -92,7 +121,7 @@ class VLLMEngine:
             return None
         from vllm.v1.sample.ops.topk_topp_sampler import apply_top_k_top_p
 
-        return lambda x: apply_top_k_top_p(x, None, torch.full((x.shape[0],), top_p))
+        return lambda x: apply_top_k_top_p(x, None, torch.full((x.shape[0],), top_p, device=x.device))
 
     @torch.no_grad()
     def generate(self, prompts: list[VisualPrompt], *, num_samples: int = 1, max_new_tokens: int = 32,
@@ -103,6 +132,7 @@ class VLLMEngine:
         ``replica``: run the replica's forward (log-probs, attention rows, the mismatch metric); otherwise vLLM's
         log-probs and NaN maps. ``sampler_logprobs``: return vLLM's log-probs even when the replica runs (the maps
         stay the replica's)."""
+        self._usable()
         G, tok, family = num_samples, self.processor.tokenizer, self.adapter.family
         batch = self.adapter.encode(self.processor, [p for p in prompts for _ in range(G)])
         ids = [row[mask.bool()].tolist() for row, mask in
@@ -158,61 +188,67 @@ class VLLMEngine:
         learner's against; the replica's would be dead data there."""
         rc = self.cfg.rollout
         return self.generate(prompts, num_samples=rc.group_size, max_new_tokens=rc.max_new_tokens,
-                             temperature=rc.temperature, top_p=rc.top_p, replica=rc.attention_on == "rollout",
-                             capture_question=True, alignment=rc.attention_rows,
+                             temperature=rc.temperature, top_p=rc.top_p,
+                             replica=rc.resolved_attention_on == "rollout", capture_question=True,
+                             alignment=rc.attention_rows,
                              sampler_logprobs=self.cfg.learner.old_policy == "recompute", seed=seed)
 
     def _replica_forward(self, batch, response_ids, response_mask, engine_logprobs, temperature, top_p, greedy,
                          capture_question, alignment):
-        """The replica's pass over the finished sequences: (log-probs, attention rows, question rows, their
-        positions); its logits also give the mismatch metric."""
-        captured = {}
-        hook = self.model.get_output_embeddings().register_forward_hook(
-            lambda module, args, out: captured.__setitem__("logits", out))
-        try:
-            out = forward_responses(self.adapter, self.model, batch, response_ids, response_mask,
-                                    self.processor.tokenizer.pad_token_id, temperature=1.0 if greedy else temperature,
-                                    capture=True, capture_question=capture_question, alignment=alignment)
-        finally:
-            hook.remove()
-        P, R = batch.prompt_len, response_ids.shape[1]
-        hf = sampling_logprobs(captured.pop("logits")[:, P - 1 : P - 1 + R], response_ids, temperature,
-                               self.banned, greedy, self._top_p_fn(top_p, greedy))
-        self.stats = mismatch_stats(engine_logprobs, hf, response_mask)
-        return out.logprobs, out.attention, out.question_attention, out.question_rows
+        """The replica's pass over the finished sequences, on its device: (log-probs, attention rows, question
+        rows, their positions) on the CPU; its logits also give the mismatch metric."""
+        device = next(self.model.parameters()).device
+        on_device = dataclasses.replace(batch, inputs={k: v.to(device) if torch.is_tensor(v) else v
+                                                       for k, v in batch.inputs.items()})
+        ids, mask = response_ids.to(device), response_mask.to(device)
+        out = forward_responses(self.adapter, self.model, on_device, ids, mask, self.processor.tokenizer.pad_token_id,
+                                temperature=1.0 if greedy else temperature, capture=True,
+                                capture_question=capture_question, alignment=alignment, keep_logits=True)
+        hf = sampling_logprobs(out.logits, ids, temperature, self.banned, greedy, self._top_p_fn(top_p, greedy))
+        self.stats = mismatch_stats(engine_logprobs, hf.cpu(), response_mask)
+        q_attention = out.question_attention.float().cpu() if out.question_attention is not None else None
+        q_rows = out.question_rows.cpu() if out.question_rows is not None else None
+        return out.logprobs.float().cpu(), out.attention.float().cpu(), q_attention, q_rows
 
     # ------------------------------------------------------------------ weights
-    def load_state_dict(self, version: int, state_dict: dict[str, torch.Tensor]) -> dict:
-        """The learner's weights into the running engine (the caller loads the replica). Under a broadcast plan the
-        engine gets them from learner rank 0 instead (`weight_transfer`)."""
+    def load_state_dict(self, version: int, state_dict: dict[str, torch.Tensor]) -> tuple[dict[str, Digest], float]:
+        """The learner's weights into the running engine (the caller loads the replica); with ``run.verify_sync``
+        the digest of what each vLLM worker loaded, by worker, and the longest any spent digesting. Under a
+        broadcast plan the engine gets them from learner rank 0 instead (`weight_transfer`). A timed-out load
+        leaves the engine unusable."""
         if self.plan.broadcast:
-            return {"broadcast": self.plan.broadcast}
+            return {}, 0.0
+        self._usable()
         vc = self.cfg.rollout.vllm
-        return push_state_bytes(self.llm, serialize_state(state_dict), version, vc.sync_timeout_s, vc.sync_retries)
+        try:
+            out = push_state_bytes(self.llm, serialize_state(state_dict), version, vc.sync_timeout_s,
+                                   vc.sync_retries, digest=self.verify)
+        except EngineStateUnknown as exc:
+            self.unknown_state = str(exc)
+            raise
+        return _by_worker(out["reports"]) if self.verify else ({}, 0.0)
 
-    def weight_transfer(self, method: str, *args) -> None:
-        """One call of vLLM's weight-transfer protocol on this engine (the broadcast's receiving side)."""
+    def weight_transfer(self, method: str, *args) -> tuple[dict[str, Digest], float]:
+        """One call of vLLM's weight-transfer protocol on this engine (the broadcast's receiving side). With
+        ``run.verify_sync`` the workers digest what they receive between start and finish; `finish` returns
+        their digests and the longest any spent digesting."""
+        self._usable()
+        if method == "start_weight_update" and self.verify:
+            self.llm.collective_rpc(RECORD_DIGEST)
         getattr(self.llm, method)(*args)
-        if method == "finish_weight_update":
-            reset_caches(self.llm)  # vision features and prefix KV of the old weights
+        if method != "finish_weight_update":
+            return {}, 0.0
+        reset_caches(self.llm)  # vision features and prefix KV of the old weights
+        return _by_worker(self.llm.collective_rpc(TAKE_DIGEST)) if self.verify else ({}, 0.0)
 
     def greedy_parity(self, prompt: VisualPrompt, max_new_tokens: int) -> dict:
-        """Greedy token ids of vLLM and of the replica for one prompt (equal when the weights are in sync)."""
+        """Greedy token ids of vLLM and of the replica for one prompt (equal when the weights are in sync and both
+        compute in fp32; a test's check, not the per-step sync check: that is `weight_digest`)."""
         v = self.generate([prompt], greedy=True, max_new_tokens=max_new_tokens, replica=False)
         h = generate(self.adapter, self.model, self.processor, [prompt], greedy=True, max_new_tokens=max_new_tokens,
                      capture=False)
         ids = [g.response_ids[0][g.response_mask[0].bool()].tolist() for g in (v, h)]
         return {"match": ids[0] == ids[1], "vllm": ids[0], "hf": ids[1]}
-
-    def verify_sync(self, version: int) -> bool:
-        """After a sync: vLLM's greedy output for a fixed prompt equals the replica's, i.e. the learner's."""
-        if self._parity_prompt is None:
-            sample = generate_samples(self.cfg.data.task, "val", 1)[0]
-            self._parity_prompt = visual_prompt(sample, self.cfg.data)
-        r = self.greedy_parity(self._parity_prompt, self.cfg.rollout.max_new_tokens)
-        print(f"[vllm] v{version} greedy parity {'ok' if r['match'] else 'MISMATCH'}: vllm {r['vllm']} hf {r['hf']}",
-              flush=True)
-        return r["match"]
 
     def shutdown(self) -> None:
         llm, self.llm = getattr(self, "llm", None), None

@@ -20,15 +20,21 @@ class SyncPlan:
     ranks_per_engine: int  # vLLM workers of one engine (tensor x pipeline parallel): ranks of the broadcast group
 
 
+def engine_world_size(vllm_config) -> int:
+    """vLLM workers of one engine: tensor x pipeline parallel of ``rollout.vllm.llm_kwargs``."""
+    llm = vllm_config.llm_kwargs
+    return int(llm.get("tensor_parallel_size", 1)) * int(llm.get("pipeline_parallel_size", 1))
+
+
 def sync_plan(cfg) -> SyncPlan:
     """The plan of an ``RLJobConfig``; a broadcast between GPUs without GPUs in the config fails here, naming the
     fields (CUDA itself is checked again where the engines and the learners start)."""
     rc = cfg.rollout
-    if rc.engine != "vllm" or rc.vllm.weight_sync == "bytes":
+    if rc.engine != "vllm":
         return SyncPlan(None, 1)
+    if rc.vllm.weight_sync == "bytes":
+        return SyncPlan(None, engine_world_size(rc.vllm))
     if rc.vllm.weight_sync == "nccl" and not (rc.gpus_per_worker > 0 and cfg.learner.gpus_per_rank > 0):
         raise ConfigError("rollout.vllm.weight_sync=nccl broadcasts between GPUs: it needs rollout.gpus_per_worker "
                           "> 0 and learner.gpus_per_rank > 0; on CPU use 'bytes', or 'gloo' (the same handshake)")
-    llm = rc.vllm.llm_kwargs
-    return SyncPlan(rc.vllm.weight_sync,
-                    int(llm.get("tensor_parallel_size", 1)) * int(llm.get("pipeline_parallel_size", 1)))
+    return SyncPlan(rc.vllm.weight_sync, engine_world_size(rc.vllm))

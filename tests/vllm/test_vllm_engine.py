@@ -1,8 +1,6 @@
 """The vllm rollout engine in one RolloutWorker (one vLLM engine for the module): exact prompt tokens, attention
 maps equal to a direct capture, the log-prob mismatch, weights pushed in place and pushed back."""
 
-import math
-
 import pytest
 import torch
 
@@ -80,11 +78,37 @@ def test_sync_moves_the_engine_and_pushing_the_old_weights_back_restores_it(work
     after = worker.vllm_engine.greedy_parity(prompt, MAX_NEW)  # same image: a stale encoder cache would show here
     assert after["match"], after
     assert after["vllm"] != before["vllm"]  # the new weights really reached the engine
-    assert math.isfinite(worker.param_digest())  # the job's verify_sync path: parity on the fixed prompt
+    assert worker.sync_check()["problems"] == []  # the job's verify_sync path: digests of replica and vLLM
 
     worker.update_weights(2, old)
     restored = worker.vllm_engine.greedy_parity(prompt, MAX_NEW)
     assert restored["vllm"] == before["vllm"] and restored["match"]
+
+
+def test_the_digest_of_what_vllm_loaded_is_the_learners_and_a_wrong_load_is_caught(worker, monkeypatch):
+    from ral_dist.vllm import engine as engine_module
+    from ral_dist.vllm.weight_digest import digest_mismatches, state_digest
+
+    state = {k: v.clone() for k, v in worker.model.state_dict().items()}
+    held, seconds = worker.vllm_engine.load_state_dict(4, state)
+    assert list(held) == ["vLLM worker 0"] and 0 < seconds < 1
+    assert digest_mismatches(state_digest(state.items()), held["vLLM worker 0"], "vLLM") == []  # every tensor
+    serialize = engine_module.serialize_state
+    name = next(k for k, v in state.items() if v.is_floating_point() and v.numel() > 1)
+
+    def one_weight_off(state_dict):  # what the engine loads differs from what the worker was handed
+        wrong = dict(state_dict)
+        wrong[name] = wrong[name].clone()
+        wrong[name].view(-1)[0] += 0.5
+        return serialize(wrong)
+
+    monkeypatch.setattr(engine_module, "serialize_state", one_weight_off)
+    worker.update_weights(5, state)
+    problems = worker.sync_check()["problems"]
+    assert len(problems) == 1 and problems[0].startswith(f"v5 vLLM worker 0: {name} differs"), problems
+    monkeypatch.undo()
+    worker.update_weights(6, state)
+    assert worker.sync_check()["problems"] == []
 
 
 def test_a_bad_sync_is_retried_then_fails_loudly_and_the_engine_still_serves(worker, samples):
@@ -125,6 +149,9 @@ def test_the_nccl_mode_fails_early_without_cuda_and_gloo_selects_its_engine():
     calls = []
 
     class FakeLLM:  # after vLLM's finish_weight_update, the caches of the old weights are dropped
+        def start_weight_update(self):
+            calls.append("start")
+
         def finish_weight_update(self):
             calls.append("finish")
 
@@ -135,9 +162,35 @@ def test_the_nccl_mode_fails_early_without_cuda_and_gloo_selects_its_engine():
         def reset_encoder_cache(self):
             calls.append("encoder")
 
+        def collective_rpc(self, method):  # the worker extension's digest of what the broadcast loaded
+            calls.append(method)
+            return [{"digest": {"w": [1.0, 1.0, 1.0]}, "digest_s": 0.25}] if method == "ral_take_digest" else [None]
+
     llm = FakeLLM()
     llm.llm_engine = llm
     engine = VLLMEngine.__new__(VLLMEngine)  # only its llm: the receiving side of one protocol call
-    engine.llm = llm
-    engine.weight_transfer("finish_weight_update")
+    engine.llm, engine.unknown_state, engine.verify = llm, None, False
+    assert engine.weight_transfer("finish_weight_update") == ({}, 0.0)
     assert calls == ["finish", "encoder", "prefix"]
+    calls.clear()
+    engine.verify = True  # run.verify_sync: the workers digest what they receive between start and finish
+    assert engine.weight_transfer("start_weight_update") == ({}, 0.0)
+    assert engine.weight_transfer("finish_weight_update") == ({"vLLM worker 0": {"w": [1.0, 1.0, 1.0]}}, 0.25)
+    assert calls == ["ral_record_digest", "start", "finish", "encoder", "prefix", "ral_take_digest"]
+
+
+def test_learner_rank_0_digests_what_it_sends():
+    """The broadcast's reference: the sender digests each parameter as it yields it (on the learner's device); the
+    other ranks only join the gathers."""
+    from ral_dist.vllm.broadcast_sync import _ZeroSource
+    from ral_dist.vllm.weight_digest import state_digest
+
+    module = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    engine = type("Engine", (), {"module": module, "zero_optimization_stage": lambda self: 0})()
+    sender, other = _ZeroSource(engine, sender=True), _ZeroSource(engine, sender=False)
+    assert [n for n, _ in sender] == [n for n, _ in module.named_parameters()] == [n for n, _ in other]
+    assert sender.sent_digest == state_digest(module.named_parameters()) and other.sent_digest == {}
+    with torch.no_grad():
+        module[0].weight += 1
+    list(sender)  # each send starts a new digest
+    assert sender.sent_digest == state_digest(module.named_parameters())

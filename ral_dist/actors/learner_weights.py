@@ -1,0 +1,76 @@
+"""The learner's weights going out: the full state dict, a digest, the broadcast into the rollout workers' vLLM
+engines, and checkpoints. Every method is collective under ZeRO-3 (each parameter is gathered): call it on every
+rank."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from ral_dist.runtime.deepspeed_setup import full_state_dict, param_digest
+
+
+class LearnerWeights:
+    """Mixed into `ral_dist.actors.learner.Learner` (which sets cfg, rank, ds_engine, processor, version and
+    weight_sender / sender_backend)."""
+
+    def state_dict(self) -> dict[str, torch.Tensor] | None:
+        """Full weights (HF names) on rank 0, None elsewhere. Collective under ZeRO-3: call on every rank."""
+        state = full_state_dict(self.ds_engine)
+        if self.rank != 0:
+            return None
+        return {k: v.detach().cpu() for k, v in state.items()}
+
+    def state_nbytes(self) -> int:
+        """Bytes of one weight sync: every parameter in model.dtype (under ZeRO-3 the full sizes, not the shards)."""
+        size = 2 if self.cfg.model.dtype == "bfloat16" else 4
+        return size * sum(getattr(p, "ds_numel", p.numel()) for p in self.ds_engine.module.parameters())
+
+    def param_digest(self) -> float:
+        """Sum of all parameters in float64: a cheap fingerprint of the weights."""
+        return param_digest(self.ds_engine)
+
+    def open_weight_sender(self, backend: str, rollout_actors: list, ranks_per_engine: int, timeout_s: float) -> None:
+        """Broadcast weight sync (``rollout.vllm.weight_sync`` nccl / gloo): join the weight-transfer group of the
+        rollout workers' vLLM engines. Every rank: under ZeRO-3 each parameter is gathered as it is sent."""
+        from ral_dist.vllm.broadcast_sync import open_sender
+
+        self.weight_sender = open_sender(self.rank, self.ds_engine, backend, rollout_actors, ranks_per_engine,
+                                         timeout_s)
+        self.sender_backend = backend
+
+    def send_weights(self, version: int, timeout_s: float) -> None:
+        """One broadcast of the current weights into the engines (every rank takes part)."""
+        from ral_dist.vllm.broadcast_sync import send_weights
+
+        if self.weight_sender is None:
+            raise RuntimeError("send_weights before open_weight_sender")
+        send_weights(self.weight_sender, self.sender_backend, version, timeout_s)
+
+    def save_checkpoint(self, path: str) -> None:
+        """HF checkpoint (rank 0) plus DeepSpeed optimizer state (every rank). Call on every rank."""
+        out = Path(path)
+        state = self.state_dict()  # collective under ZeRO-3
+        if self.rank == 0:
+            out.mkdir(parents=True, exist_ok=True)
+            self.ds_engine.module.save_pretrained(str(out), state_dict=state, safe_serialization=True)
+            self.processor.save_pretrained(str(out))
+            (out / "learner_state.json").write_text(json.dumps({"version": self.version}) + "\n")
+        # The version also travels in the client state, so a rank without rank 0's files still restores it.
+        # save_latest=False: DeepSpeed's pointer file is also named "latest" and would collide with the tag dir.
+        self.ds_engine.save_checkpoint(str(out / "deepspeed"), tag="latest", client_state={"version": self.version},
+                                       save_latest=False)
+        dist.barrier()
+
+    def load_checkpoint(self, path: str) -> int:
+        load_path, client = self.ds_engine.load_checkpoint(str(Path(path) / "deepspeed"), tag="latest")
+        if load_path is None:
+            raise FileNotFoundError(f"no DeepSpeed checkpoint under {path}/deepspeed")
+        if client and "version" in client:
+            self.version = int(client["version"])
+        else:
+            self.version = int(json.loads((Path(path) / "learner_state.json").read_text())["version"])
+        return self.version
