@@ -22,8 +22,9 @@ $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip 2>&1 | $(QUIET_PIP)
 	$(PIP) install -q "$(TORCH_SPEC)" 2>&1 | $(QUIET_PIP)
-	$(PIP) install -q -e '.[dev]' 2>&1 | $(QUIET_PIP)
+	$(PIP) install -q -e '.[dev,trackers]' 2>&1 | $(QUIET_PIP)
 	$(PY) -c "import torch, transformers, deepspeed, ray; print('torch', torch.__version__, '| transformers', transformers.__version__, '| deepspeed', deepspeed.__version__, '| ray', ray.__version__)"
+	$(PY) -c "import tensorboard, mlflow, wandb; print('trackers: tensorboard', tensorboard.__version__, '| mlflow', mlflow.__version__, '| wandb', wandb.__version__)"
 	$(PY) -c "from ral_dist.runtime.deepspeed_setup import prebuild_ops; prebuild_ops()"
 	@! $(PY) -c "import torchvision" 2>/dev/null || (echo "torchvision must not be installed in the CPU environment" && exit 1)
 	touch $@
@@ -34,7 +35,8 @@ test: setup setup-prometheus
 lint: setup
 	$(VENV)/bin/ruff check .
 
-# A local Ray head, the tiny RAL job through `ray job submit` (SFT warm start trained once and cached), evaluation.
+# A local Ray head, the tiny RAL job through `ray job submit` (SFT warm start trained once and cached), evaluation;
+# prints where the run's report.html is.
 demo: setup
 	PY=$(PY) jobs/demo.sh
 

@@ -77,5 +77,30 @@ def build():
               Query(mean_per_event(m.PHASE_SECONDS.series, "phase", f'{RUN},phase="rollout"'), "whole rollout")),
     ]
     return dashboard(UID, "ral_dist / overview", "An RL run at a glance (ral_dist.runtime.metrics).", [
-        ("Progress", progress), ("Rewards and accuracy", rewards), ("By question type", by_type), ("Policy", policy),
-        ("Throughput", throughput), ("Time per step", time)])
+        ("Progress", progress), ("Rewards and accuracy", rewards), ("Validation", _validation()),
+        ("By question type", by_type), ("Policy", policy), ("Throughput", throughput), ("Time per step", time)])
+
+
+def _validation() -> list:
+    """Greedy validation on the val split during training (run.val_every); each gauge holds the last one's value."""
+
+    def val(metric: str) -> str:
+        return f'max by (JobId) ({m.VALIDATION.series}{{{RUN},metric="{metric}"}})'
+
+    return [
+        graph("Validation accuracy", "Greedy accuracy on the val split after the last validated step, its best so "
+              "far, and the level under which alert RalValidationDrop fires (best - run.val_alert_drop).",
+              "percentunit", Query(val("accuracy"), "accuracy {{JobId}}"),
+              Query(val("best_accuracy"), "best {{JobId}}"),
+              Query(f'{val("best_accuracy")} - {val("alert_drop")}', "alert below {{JobId}}")),
+        graph("Validation: format, grounding, attention", "Format rate; the answer tokens' attention on the "
+              "ground-truth region against its chance level (uniform attention); sparsity and consistency.",
+              "percentunit", Query(f"avg by (JobId, metric) ({m.VALIDATION.series}{{{RUN},metric=~\"format_rate|"
+                                   f'attention_on_target|target_fraction|sparsity|consistency"}})', "{{metric}}")),
+        graph("Validation accuracy by question type", "Greedy accuracy per question type at the last validation.",
+              "percentunit", Query(f"avg by (JobId, qtype) ({m.VAL_ACCURACY_BY_TYPE.series}{{{RUN}}})", "{{qtype}}")),
+        single("Validation response length", "Mean tokens of the greedy answers at the last validation.", "none",
+               Query(val("response_length"), "{{JobId}}")),
+        single("Last validated step", "The step the last validation followed (-1: before training).", "none",
+               Query(val("step"), "{{JobId}}")),
+    ]

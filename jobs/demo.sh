@@ -20,9 +20,12 @@ unset RAY_ADDRESS
 trap '"$RAY" stop --force >/dev/null 2>&1 || true' EXIT
 echo "Ray dashboard: http://127.0.0.1:$DASHBOARD_PORT"
 
+# validated every 25 steps; TensorBoard and MLflow files in the run directory (README: "Watching a run")
 "$RAY" job submit --address "http://127.0.0.1:$DASHBOARD_PORT" -- \
-    "$PY" jobs/ral_grpo.py --config "$CONFIG" --run-dir "$RUN_DIR"
+    "$PY" jobs/ral_grpo.py --config "$CONFIG" --run-dir "$RUN_DIR" \
+    --set run.val_every=25 --set 'run.loggers=[jsonl,tensorboard,mlflow]'
 
 last=$(ls -d "$RUN_DIR"/checkpoints/step_* | tail -n 1)
 "$PY" jobs/eval.py --checkpoint "$last" --split val --json "$RUN_DIR/eval_val.json" --heatmaps "$RUN_DIR/eval_heatmaps"
-echo "run directory: $RUN_DIR (config.yaml, metrics.jsonl, heatmaps/, checkpoints/, eval_val.json)"
+echo "run directory: $RUN_DIR (config.yaml, metrics.jsonl, heatmaps/, checkpoints/, tensorboard/, mlruns/, eval_val.json)"
+echo "report: $RUN_DIR/report.html"

@@ -7,7 +7,7 @@ The data, prompt, media budgets and reward terms are a job config's (`--config`:
 e.g. a run directory's config.yaml; `--set data.dir=...` etc. override it); without `--config`, the data the
 checkpoint was trained on (its sft_config.yaml), else the default generated task, with the default reward terms.
 Writes accuracy, format_rate, attention_on_target (and its chance level target_fraction), sparsity, consistency,
-any custom reward term, n and per_type to the JSON file.
+any custom reward term, response_length (tokens), n and per_type to the JSON file.
 """
 
 import argparse

@@ -21,6 +21,7 @@ from ral_dist.rewards import (
     load_reward_function,
     parse_reward_path,
 )
+from ral_dist.run_config import RunOperations
 
 
 class ConfigError(ValueError):
@@ -234,7 +235,9 @@ class LearnerConfig(Strict):
         return self
 
 
-class RLRunConfig(Strict):
+class RLRunConfig(Strict, RunOperations):
+    """The run's loop, its waits and recovery; validation, trackers, retention and the report: `RunOperations`."""
+
     steps: int = Field(100, ge=1)
     mode: Literal["sync", "one_step_off"] = "sync"
     seed: int = 0

@@ -109,6 +109,7 @@ def _run_with_recovery(controller_cls: type, cfg: RLJobConfig, run_dir, train: l
                 start_step = ctl.restore(checkpoint)
                 run_dir.truncate_metrics(start_step)
                 print(f"[ral] resumed from {checkpoint} at step {start_step}", flush=True)
+            run_dir.open_trackers(cfg, start_step)  # run.loggers, (re)opened at the step the run continues from
             ctl.run_steps(start_step)
             return
         except RECOVERABLE as exc:
@@ -159,6 +160,15 @@ def main(kind: JobKind, root: Path, argv: list[str] | None = None, doc: str | No
     check_at_start(cfg, run_dir.path)  # before any actor: a config that cannot fit stops here, naming the role
     print(f"[ral] run dir {run_dir.path} | Ray job {ray.get_runtime_context().get_job_id()} | data {data_dir} "
           f"({len(train)} train)", flush=True)
-    _run_with_recovery(controller_cls, cfg, run_dir, train, heatmap_samples, resume=bool(args.resume))
+    try:
+        _run_with_recovery(controller_cls, cfg, run_dir, train, heatmap_samples, resume=bool(args.resume))
+    except BaseException:
+        run_dir.close(failed=True)  # the trackers' runs end, marked failed
+        raise
+    run_dir.close()
+    if cfg.run.report:
+        from ral_dist.evaluation.report import write_report_safely
+
+        write_report_safely(run_dir.path)
     print(f"[ral] done: {run_dir.path} (metrics.jsonl, heatmaps/, checkpoints/)", flush=True)
     return run_dir.path

@@ -36,11 +36,11 @@ from ral_dist.runtime import metrics  # noqa: E402
 RAY = str(Path(sys.executable).parent / "ray")
 SCRAPE_INTERVAL_S = 1
 
-# The tiny job of tests/test_ral_job.py without heatmaps and with one checkpoint (the last step's). Enough steps
-# that every counter increases across several 1 s scrapes: rate() needs two samples that differ, and a 3-step
-# run on a quiet machine can finish between two exporter reports.
+# The tiny job of tests/test_ral_job.py without heatmaps and with one checkpoint (the last step's), validated every
+# 5 steps (the validation gauges). Enough steps that every counter increases across several 1 s scrapes: rate()
+# needs two samples that differ, and a 3-step run on a quiet machine can finish between two exporter reports.
 JOB_CONFIG = dict(TINY_JOB, run={"steps": 10, "checkpoint_every": 100, "heatmap_every": 100, "heatmap_prompts": 0,
-                                 "timeout_s": 300})
+                                 "timeout_s": 300, "val_every": 5, "val_samples": 4})
 
 # Panels of Ray's own GPU metrics, which a node exports only when it has GPUs: exempt from the "returns data"
 # check on a machine without them (their expressions are still parsed by test_observability_static).
@@ -193,5 +193,5 @@ def test_dashboards_show_a_real_run(metrics_ray_head, prometheus, tmp_path):
 
     # Prometheus loaded the alert rules, and none fires on a healthy run
     rules = [r for g in _api(prometheus, "rules")["groups"] for r in g["rules"]]
-    assert len(rules) == 5 and all(r["health"] == "ok" for r in rules), rules
+    assert len(rules) == 6 and all(r["health"] == "ok" for r in rules), rules
     assert not [r["name"] for r in rules if r["state"] == "firing"]

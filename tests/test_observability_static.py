@@ -65,7 +65,7 @@ def test_every_alert_has_a_unit_test_that_fires_it():
     quiet = {case["alertname"] for t in tests for case in t["alert_rule_test"] if not case["exp_alerts"]}
     names = {r["alert"] for r in _alert_rules()}
     assert names == {"RalNoProgress", "RalRewardCollapse", "RalNonFiniteLoss", "RalActorRestarts",
-                     "RalWeightSyncSlow"}
+                     "RalWeightSyncSlow", "RalValidationDrop"}
     assert names <= fired and names <= quiet  # each is shown firing and shown quiet
 
 

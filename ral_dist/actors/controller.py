@@ -26,6 +26,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from ral_dist.actors.learner import Learner
 from ral_dist.actors.reward_worker import RewardWorker
 from ral_dist.actors.rollout_worker import RolloutWorker
+from ral_dist.actors.validation import Validation
 from ral_dist.actors.weight_sync import make_transport
 from ral_dist.algorithms import group_advantages
 from ral_dist.config import RLJobConfig
@@ -82,6 +83,7 @@ class Controller:
         self.version = 0
         self.weights: list = []  # [(version, state ref)] once the learner has published weights
         self.pg = None
+        self.validation = Validation(cfg, run_dir)  # run.val_every: greedy on the val split, on the rollout workers
 
     # ------------------------------------------------------------------ actors
     def start(self) -> None:
@@ -189,11 +191,12 @@ class Controller:
         return not problems
 
     def _save_checkpoint(self, step: int) -> Path:
-        path = self.run.checkpoint_dir(step)
+        """Written to a partial directory, renamed into place once complete, then retention (run.keep_*)."""
+        path = self.run.partial_checkpoint_dir(step)
         wait_all([learner.save_checkpoint.remote(str(path)) for learner in self.learners], f"checkpoint of step {step}",
                  self.cfg.run.timeout_s)
-        self.run.write_checkpoint_state(path, {"step": step, "version": self.version, "next_step": step + 1})
-        return path
+        state = {"step": step, "version": self.version, "next_step": step + 1}
+        return self.run.commit_checkpoint(step, state, self.cfg.run)
 
     def restore(self, checkpoint: Path) -> int:
         versions = wait_all([learner.load_checkpoint.remote(str(checkpoint)) for learner in self.learners],
@@ -243,6 +246,8 @@ class Controller:
         pending = self._launch_step(start_step)
         t_run = time.time()
         metrics.record_run_start(c.run.steps)
+        if start_step == 0:
+            self.validation.run_before_training(self.version, self.rollouts, self.learners)
         for step in range(start_step, c.run.steps):
             record, phases, pending = self._run_step(step, pending)
             history.append(record)
@@ -251,7 +256,9 @@ class Controller:
             metrics.record_step(record, phases, self.reward_terms, next_rollout)
             eta = (time.time() - t_run) / (step + 1 - start_step) * (c.run.steps - step - 1)
             print(self._progress_line(record, eta), flush=True)
-            if (step + 1) % c.run.heatmap_every == 0 or step == start_step:
+            if self.validation.due(step):  # before the checkpoint: run.keep_best ranks it by this
+                self.validation(step, self.version, self.rollouts, self.learners)
+            if (step + 1) % c.run.heatmap_every == 0 or step == start_step or step + 1 == c.run.steps:
                 self._heatmaps(step)
             if (step + 1) % c.run.checkpoint_every == 0 or step + 1 == c.run.steps:
                 self._save_checkpoint(step)

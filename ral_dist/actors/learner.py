@@ -32,12 +32,14 @@ from ral_dist.actors.step_layout import global_denominators, micro_batch_groups,
 from ral_dist.actors.step_stats import LOSS_STATS, reduce_step, tis_step_stats
 from ral_dist.algorithms import Denominators, LossTerms, ral_loss, tis_weights
 from ral_dist.config import RLJobConfig
-from ral_dist.evaluation.answer_heatmaps import heatmaps_of_answers
+from ral_dist.evaluation.answer_heatmaps import generation_of_answers, heatmaps_of_answers
+from ral_dist.evaluation.validation import generation_rows
 from ral_dist.messages import LearnerStepStats, Trajectory
 from ral_dist.messages.collate import LearnerBatch, learner_batch, response_batch
 from ral_dist.models import build_policy, enable_gradient_checkpointing, freeze_vision_tower
 from ral_dist.models.capture import use_capture_attention
 from ral_dist.models.generation import ResponseForward, forward_responses
+from ral_dist.rewards import reward_terms
 from ral_dist.runtime import metrics
 from ral_dist.runtime.deepspeed_setup import (
     deepspeed_config,
@@ -277,6 +279,17 @@ class Learner(LearnerWeights):
         out = heatmaps_of_answers(self.adapter, self.ds_engine.module, self.processor, self.cfg.data, samples,
                                   response_ids, response_mask, self.device)
         return out if self.rank == 0 else None
+
+    def validation_rows(self, samples: list, response_ids: torch.Tensor, response_mask: torch.Tensor) -> list | None:
+        """Validation rows (`ral_dist.evaluation.validation.generation_rows`) of given answers (vLLM's greedy ones,
+        when no rollout worker holds a transformers copy) under the current weights. Every rank runs the forward
+        (ZeRO-3 gathers in it); rank 0 returns them."""
+        gen, _ = generation_of_answers(self.adapter, self.ds_engine.module, self.processor, self.cfg.data, samples,
+                                       response_ids, response_mask, self.device)
+        if self.rank != 0:
+            return None
+        return generation_rows(gen, samples, self.adapter.temporal_patch(self.processor), self.processor.tokenizer,
+                               self.cfg.data.prompt.mode, reward_terms(self.cfg.reward))
 
     def _warn_once(self, message: str) -> None:
         if message not in self.warnings:

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from ral_dist.runtime.checkpoints import fsync_tree
 from ral_dist.runtime.deepspeed_setup import full_state_dict, param_digest
 
 
@@ -51,7 +52,9 @@ class LearnerWeights:
         send_weights(self.weight_sender, self.sender_backend, version, timeout_s)
 
     def save_checkpoint(self, path: str) -> None:
-        """HF checkpoint (rank 0) plus DeepSpeed optimizer state (every rank). Call on every rank."""
+        """HF checkpoint (rank 0) plus DeepSpeed optimizer state (every rank), fsynced by every rank before it
+        returns (the controller renames the directory into place, `ral_dist.runtime.checkpoints`). Call on every
+        rank."""
         out = Path(path)
         state = self.state_dict()  # collective under ZeRO-3
         if self.rank == 0:
@@ -64,6 +67,7 @@ class LearnerWeights:
         self.ds_engine.save_checkpoint(str(out / "deepspeed"), tag="latest", client_state={"version": self.version},
                                        save_latest=False)
         dist.barrier()
+        fsync_tree(out)  # each rank: what it wrote is on disk (on a shared filesystem too) before the rename
 
     def load_checkpoint(self, path: str) -> int:
         load_path, client = self.ds_engine.load_checkpoint(str(Path(path) / "deepspeed"), tag="latest")

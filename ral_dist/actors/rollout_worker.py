@@ -27,12 +27,14 @@ import torch
 
 from ral_dist.config import RLJobConfig
 from ral_dist.evaluation.answer_heatmaps import render
+from ral_dist.evaluation.validation import generation_rows, greedy_rows
 from ral_dist.messages import ChunkAccounting, SkippedPrompt, Trajectory, chunk_offset, split_shards
 from ral_dist.messages.collate import trajectories_from_generation
 from ral_dist.models import adapter_for_checkpoint, build_policy
 from ral_dist.models.capture import use_capture_attention
 from ral_dist.models.generation import generate
 from ral_dist.models.prompting import visual_prompt
+from ral_dist.rewards import reward_terms
 from ral_dist.runtime import metrics
 from ral_dist.runtime.devices import actor_device, assigned_gpu_ids, compute_dtype
 from ral_dist.vllm.sync_plan import sync_plan
@@ -217,6 +219,19 @@ class RolloutWorker:
                            capture=True, capture_question=True)
         return render(gen, samples, prompts, self.temporal_patch, self.processor.tokenizer,
                       self.cfg.data.prompt.mode)
+
+    def validate(self, samples: list) -> list[dict]:
+        """Greedy answers to this worker's shard of the val split, one `generation_rows` row each (``run.val_every``;
+        beside vLLM: vLLM's answers with the replica's rows). Without a model here (the learner scores),
+        `greedy_answers` and the learner's `validation_rows` make them."""
+        terms = reward_terms(self.cfg.reward)
+        if self.vllm_engine is None:
+            return greedy_rows(self.adapter, self.model, self.processor, samples, self.cfg.data,
+                               self.cfg.rollout.max_new_tokens, terms)
+        gen = self.vllm_engine.generate([visual_prompt(s, self.cfg.data) for s in samples], greedy=True,
+                                        max_new_tokens=self.cfg.rollout.max_new_tokens, capture_question=True)
+        return generation_rows(gen, samples, self.temporal_patch, self.processor.tokenizer,
+                               self.cfg.data.prompt.mode, terms)
 
     def greedy_answers(self, samples: list) -> tuple[torch.Tensor, torch.Tensor]:
         """vLLM's greedy answers to fixed prompts: ([N, R] ids, mask), for the learner to draw their heatmaps."""

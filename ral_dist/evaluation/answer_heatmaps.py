@@ -9,14 +9,13 @@ one forward over vLLM's greedy answers (`heatmaps_of_answers`).
 from __future__ import annotations
 
 import dataclasses
-import io
 
 import torch
 
 from ral_dist.config import DataConfig
 from ral_dist.data import Sample
 from ral_dist.evaluation.greedy import response_view
-from ral_dist.evaluation.heatmaps import answer_heatmap
+from ral_dist.evaluation.heatmaps import answer_heatmap_png
 from ral_dist.models import VisualPrompt, VLMAdapter
 from ral_dist.models.generation import Generation, forward_responses
 from ral_dist.models.prompting import visual_prompt
@@ -25,20 +24,16 @@ from ral_dist.models.prompting import visual_prompt
 def render(gen: Generation, samples: list[Sample], prompts: list[VisualPrompt], temporal_patch: int, tokenizer,
            mode: str) -> list[tuple[str, bytes]]:
     """(sample id, PNG) of each row of a generation with attention rows."""
-    out = []
-    for i, s in enumerate(samples):
-        buf = io.BytesIO()
-        answer_heatmap(response_view(gen, i, s, temporal_patch, tokenizer, mode), prompts[i].frames, buf)
-        out.append((s.id, buf.getvalue()))
-    return out
+    return [(s.id, answer_heatmap_png(response_view(gen, i, s, temporal_patch, tokenizer, mode), prompts[i].frames))
+            for i, s in enumerate(samples)]
 
 
 @torch.no_grad()
-def heatmaps_of_answers(adapter: VLMAdapter, model, processor, data: DataConfig, samples: list[Sample],
-                        response_ids: torch.Tensor, response_mask: torch.Tensor,
-                        device: torch.device) -> list[tuple[str, bytes]]:
-    """The heatmaps of given answers ([N, R] ids and mask, e.g. vLLM's greedy ones) under ``model``'s attention:
-    one forward with the capture (a sharded model gathers its parameters in it: every rank must call)."""
+def generation_of_answers(adapter: VLMAdapter, model, processor, data: DataConfig, samples: list[Sample],
+                          response_ids: torch.Tensor, response_mask: torch.Tensor,
+                          device: torch.device) -> tuple[Generation, list[VisualPrompt]]:
+    """Given answers ([N, R] ids and mask, e.g. vLLM's greedy ones) as a `Generation` with ``model``'s attention
+    rows: one forward with the capture (a sharded model gathers its parameters in it: every rank must call)."""
     prompts = [visual_prompt(s, data) for s in samples]
     batch = adapter.encode(processor, prompts)
     on_device = dataclasses.replace(batch, inputs={k: v.to(device) if torch.is_tensor(v) else v
@@ -49,4 +44,12 @@ def heatmaps_of_answers(adapter: VLMAdapter, model, processor, data: DataConfig,
         torch.where(response_mask.bool(), response_ids, processor.tokenizer.pad_token_id), skip_special_tokens=True)
     gen = Generation(batch, response_ids, response_mask, fwd.logprobs.cpu(), texts, fwd.attention.float().cpu(),
                      fwd.question_attention.float().cpu(), fwd.question_rows.cpu())
+    return gen, prompts
+
+
+def heatmaps_of_answers(adapter: VLMAdapter, model, processor, data: DataConfig, samples: list[Sample],
+                        response_ids: torch.Tensor, response_mask: torch.Tensor,
+                        device: torch.device) -> list[tuple[str, bytes]]:
+    """The heatmaps of given answers under ``model``'s attention (`generation_of_answers`: every rank must call)."""
+    gen, prompts = generation_of_answers(adapter, model, processor, data, samples, response_ids, response_mask, device)
     return render(gen, samples, prompts, adapter.temporal_patch(processor), processor.tokenizer, data.prompt.mode)

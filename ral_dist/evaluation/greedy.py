@@ -57,8 +57,8 @@ def report_row(view: ResponseView, terms: Mapping[str, RewardTerm] = REWARD_TERM
 def evaluate(adapter: VLMAdapter, model, processor, samples: list[Sample], data: DataConfig | None = None,
              batch_size: int = 32, max_new_tokens: int = 48, heatmap_dir: str | Path | None = None,
              n_heatmaps: int = 4, terms: Mapping[str, RewardTerm] = REWARD_TERMS) -> dict:
-    """Greedy-decode every sample and aggregate. Returns a JSON-able dict (see `metric_names(terms)`, plus n and
-    per_type). ``data``: the prompt and media settings (default: `DataConfig()`); ``terms``: the job's reward terms
+    """Greedy-decode every sample and aggregate. Returns a JSON-able dict (see `metric_names(terms)`, plus
+    response_length in tokens, n and per_type). ``data``: the prompt and media settings (default: `DataConfig()`); ``terms``: the job's reward terms
     (`reward_terms(reward_cfg)`)."""
     data = data or DataConfig()
     use_capture_attention(model)
@@ -73,15 +73,22 @@ def evaluate(adapter: VLMAdapter, model, processor, samples: list[Sample], data:
                        capture_question=True)
         for i, s in enumerate(chunk):
             view = response_view(gen, i, s, temporal_patch, processor.tokenizer, data.prompt.mode)
-            rows.append((s.qtype, report_row(view, terms)))
+            rows.append((s.qtype, report_row(view, terms) | {"response_length": int(gen.response_mask[i].sum())}))
             if heatmap_dir is not None and len(examples) < n_heatmaps:
                 path = Path(heatmap_dir) / f"{s.id}.png"
                 answer_heatmap(view, prompts[i].frames, path)
                 examples.append({"id": s.id, "question": s.question, "answer": s.answer,
                                  "response": view.text, "heatmap": str(path)})
 
+    return summarise(rows, (*metric_names(terms), "response_length")) | {"examples": examples}
+
+
+def summarise(rows: list[tuple[str, dict]], names: tuple[str, ...]) -> dict:
+    """(question type, `report_row`) of each response → the mean of each of ``names`` (NaNs left out; None when
+    none is left) and n, overall and in ``per_type``."""
+
     def aggregate(selected: list[dict]) -> dict:
-        out = {k: _mean([r[k] for r in selected]) for k in metric_names(terms)}
+        out = {k: _mean([r[k] for r in selected]) for k in names}
         out["n"] = len(selected)
         return out
 
@@ -90,7 +97,6 @@ def evaluate(adapter: VLMAdapter, model, processor, samples: list[Sample], data:
     for qtype, r in rows:
         by_type[qtype].append(r)
     result["per_type"] = {q: aggregate(rs) for q, rs in sorted(by_type.items())}
-    result["examples"] = examples
     return result
 
 

@@ -47,6 +47,8 @@ REWARD_TERMS = tuple(REGISTERED_TERMS)  # the built-in terms; a job's reward.cus
 CONTROLLER_PHASES = PhaseTimes.phases()
 ROLLOUT_PHASES = ("generation", "attention_capture")
 LOSS_TERMS = ("total", "policy", "attention")
+VAL_METRICS = ("accuracy", "format_rate", "attention_on_target", "target_fraction", "sparsity", "consistency",
+               "response_length", "step")
 SKIP_REASONS = ("prompt_unprocessable", "nonfinite_reward", "nonfinite_loss")
 QUEUES = ("rollout_in_flight", "rollout_ready")
 TEACHER_QUEUES = ("teacher_in_flight", "teacher_ready", "teacher_waiting")  # distillation job only
@@ -98,6 +100,12 @@ SKIPPED = Metric("ral_skipped_total", "counter", "Work dropped, by reason: promp
                  "(prompt_unprocessable; the reasons are in metrics.jsonl), trajectories with a non-finite reward "
                  "(nonfinite_reward: advantage zeroed), learner updates with a non-finite loss (nonfinite_loss).",
                  ("reason",))
+VALIDATION = Metric("ral_validation", "gauge", "Last validation (greedy decoding of the val split, run.val_every): "
+                    "accuracy, format_rate, attention_on_target and its chance level target_fraction, sparsity, "
+                    "consistency, response_length (tokens), step (the step it followed), best_accuracy (of the run "
+                    "so far) and alert_drop (run.val_alert_drop).", ("metric",))
+VAL_ACCURACY_BY_TYPE = Metric("ral_validation_accuracy_by_type", "gauge", "Last validation's accuracy per question "
+                              "type.", ("qtype",))
 # -- learner (rank 0; loss terms averaged over ranks and mini-batches)
 LOSS = Metric("ral_loss", "gauge", "Step mean of the loss and its terms (RAL.md section 3).", ("term",))
 KL = Metric("ral_kl", "gauge", "Step mean KL(pi_theta || pi_ref), k3 estimator.")
@@ -182,7 +190,8 @@ def _keep_gauges_alive() -> None:
                 return
 
 
-def _set(metric: Metric, value, actor: str, **tags: str) -> None:
+# positional-only: a tag may be called "metric" (ral_validation{metric=...})
+def _set(metric: Metric, value, actor: str, /, **tags: str) -> None:
     tags = _tags(actor, **tags)
     key = (metric, tuple(sorted(tags.items())))
     if not _finite(value):  # Ray drops NaN/Inf samples: let the series lapse (non-finite losses are counted)
@@ -196,17 +205,17 @@ def _set(metric: Metric, value, actor: str, **tags: str) -> None:
             _keeper[0].start()
 
 
-def _inc(metric: Metric, value, actor: str, **tags: str) -> None:
+def _inc(metric: Metric, value, actor: str, /, **tags: str) -> None:
     if _finite(value) and value > 0:
         _ray_metric(metric).inc(float(value), tags=_tags(actor, **tags))
 
 
-def _zero(metric: Metric, actor: str, **tags: str) -> None:
+def _zero(metric: Metric, actor: str, /, **tags: str) -> None:
     """Export a counter's label set at 0: Ray's Counter.inc refuses 0, its recorder does not."""
     _ray_metric(metric)._record(0.0, tags=_tags(actor, **tags))
 
 
-def _observe(metric: Metric, value, actor: str, **tags: str) -> None:
+def _observe(metric: Metric, value, actor: str, /, **tags: str) -> None:
     if _finite(value):
         _ray_metric(metric).observe(float(value), tags=_tags(actor, **tags))
 
@@ -370,3 +379,15 @@ def record_learner(stats: LearnerStepStats, worker=None) -> None:
     _inc(UPDATES, stats.updates, a)
     _zero(SKIPPED, a, reason="nonfinite_loss")
     _inc(SKIPPED, stats.skipped_updates, a, reason="nonfinite_loss")
+
+
+@_never_fails
+def record_validation(record: dict, best_accuracy: float | None, alert_drop: float) -> None:
+    """Called by the controller with each validation record it writes to metrics.jsonl."""
+    a = "controller"
+    for key in VAL_METRICS:
+        _set(VALIDATION, record.get(key), a, metric=key)
+    _set(VALIDATION, best_accuracy, a, metric="best_accuracy")
+    _set(VALIDATION, alert_drop, a, metric="alert_drop")
+    for qtype, by_type in record.get("per_type", {}).items():
+        _set(VAL_ACCURACY_BY_TYPE, by_type.get("accuracy"), a, qtype=qtype)

@@ -101,10 +101,15 @@ def test_the_gpu_recipe_shape_learner_scores_and_draws_no_replica_anywhere(ray_h
     proc = submit_when_ready(ray_head, "--config", str(CONFIG), "--run-dir", str(run_dir), "--steps", "2",
                              "--set", "rollout.vllm.weight_sync=gloo", "--set", "rollout.attention_on=learner",
                              "--set", "reward.weights.sparsity=0", "--set", "reward.weights.consistency=0",
-                             "--set", "run.heatmap_every=1")
+                             "--set", "run.heatmap_every=1", "--set", "run.val_every=1", "--set", "run.val_samples=3")
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0 and "succeeded" in log, log[-4000:]
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    # validation: vLLM's greedy answers, their attention rows from the learner (no model in the rollout worker)
+    val = [r for r in records if r.get("kind") == "val"]
+    assert [(r["step"], r["n"]) for r in val] == [(0, 3), (1, 3)], val
+    assert all(0 <= r["accuracy"] <= 1 and 0 <= r["sparsity"] <= 1 and r["response_length"] > 0 for r in val), val
+    records = [r for r in records if r.get("kind") != "val"]
     assert [r["policy_version"] for r in records] == [1, 2] and all(r["weights_in_sync"] for r in records)
     for r in records:  # the learner's recomputed p_old: a finite attention term; TIS against vLLM's log-probs
         assert math.isfinite(r["attn_loss"]) and 0.98 < r["tis_weight_mean"] < 1, r
