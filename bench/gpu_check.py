@@ -90,7 +90,8 @@ def check_capture(device: torch.device, dtype_name: str, n_prompts: int = 4, max
     response = out[:, batch.prompt_len:]
     mask = eos_mask(response, eos)
     response = torch.where(mask.bool(), response, torch.full_like(response, tok.pad_token_id))
-    fwd = forward_responses(adapter, model, batch, response, mask, tok.pad_token_id, capture=True)
+    fwd = forward_responses(adapter, model, batch, response, mask, tok.pad_token_id, banned=adapter.banned_token_ids(processor),
+                            capture=True)
     model.set_attn_implementation("eager")
     inputs = append_response(batch.inputs, response, mask, tok.pad_token_id)
     eager = model(**inputs, output_attentions=True)

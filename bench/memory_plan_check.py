@@ -95,10 +95,11 @@ def learner_batch(adapter, processor, n_seqs: int, image_side: int, response_len
     return batch, ids, mask
 
 
-def learner_forward_backward(adapter, model, batch, response_ids, response_mask, pad_id: int) -> torch.Tensor:
+def learner_forward_backward(adapter, model, batch, response_ids, response_mask, pad_id: int,
+                             banned: list[int]) -> torch.Tensor:
     """One micro-batch as the learner runs it: `forward_responses` (hidden states of the response positions,
     log-probs in checkpointed chunks, the attention rows in checkpointed chunks), the RAL loss, backward."""
-    fwd = forward_responses(adapter, model, batch, response_ids, response_mask, pad_id)
+    fwd = forward_responses(adapter, model, batch, response_ids, response_mask, pad_id, banned=banned)
     with torch.no_grad():
         p_old = torch.softmax(torch.randn_like(fwd.attention), -1) * (fwd.attention > 0)
         old = fwd.logprobs.detach() + 0.01
@@ -121,7 +122,8 @@ def measure(tiny: dict, n_seqs: int, image_side: int, response_len: int, checkpo
     def micro_batch():
         # the batch is made inside: its pixels are part of what a micro-batch holds
         batch, ids, mask = learner_batch(adapter, processor, n_seqs, image_side, response_len)
-        learner_forward_backward(adapter, model, batch, ids, mask, processor.tokenizer.pad_token_id)
+        learner_forward_backward(adapter, model, batch, ids, mask, processor.tokenizer.pad_token_id,
+                                 adapter.banned_token_ids(processor))
         return batch.prompt_len, int(batch.inputs["image_grid_thw"].prod(-1).sum()) // n_seqs
 
     (prompt_len, patches), peak = common.peak_allocated(micro_batch)

@@ -101,8 +101,12 @@ class RolloutConfig(Strict):
     num_workers: int = Field(2, ge=1)
     prompts_per_step: int = Field(8, ge=1, description="prompts per RL step; each gets group_size responses")
     group_size: int = Field(8, ge=1, description="G, responses per prompt (paper: 8)")
-    temperature: float = Field(1.0, gt=0)
-    top_p: float = Field(1.0, gt=0, le=1)
+    temperature: float = Field(1.0, gt=0, description="sampling temperature; every log-prob (rollout, learner, "
+                                                       "reference, teacher) is of logits / temperature, with the "
+                                                       "visual placeholder tokens removed")
+    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling; < 1 needs learner.old_policy=recompute (the "
+                                                      "rollout's log-probs are then the nucleus', the learner's the "
+                                                      "whole distribution's)")
     max_new_tokens: int = Field(48, ge=1)
     attention_rows: Literal["paper", "sampling"] = Field(
         "paper", description="paper: rows of the generated tokens (P+1..T); sampling: P..T-1")
@@ -268,6 +272,15 @@ class RLJobConfig(Strict):
         if self.rollout.prompts_per_step < self.rollout.num_workers:
             raise ValueError(f"rollout.prompts_per_step ({self.rollout.prompts_per_step}) must be >= "
                              f"rollout.num_workers ({self.rollout.num_workers})")
+        return self
+
+    @model_validator(mode="after")
+    def _nucleus_needs_recompute(self) -> RLJobConfig:
+        if self.rollout.top_p < 1 and self.learner.old_policy != "recompute":
+            raise ValueError(f"rollout.top_p ({self.rollout.top_p}) < 1 needs learner.old_policy=recompute: the "
+                             "rollout records the log-probs of the nucleus it sampled from (the behaviour policy), "
+                             "the learner's policy is the whole distribution (banned tokens removed, the temperature), "
+                             "so the old log-probs must be the learner's (learner.tis_cap weighs the two)")
         return self
 
     @property

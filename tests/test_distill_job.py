@@ -79,7 +79,8 @@ def test_tiny_distillation_job_through_ray_job_submit(ray_head, tmp_path):
             prompts = adapter.encode(processor, [visual_prompt(traj.sample, DataConfig())])
             ids = traj.response.ids[None]
             with torch.no_grad():
-                fwd = forward_responses(adapter, model, prompts, ids, torch.ones_like(ids), pad, keep_logits=True)
+                fwd = forward_responses(adapter, model, prompts, ids, torch.ones_like(ids), pad, banned=adapter.banned_token_ids(processor),
+                                        keep_logits=True)
             assert target.attention.shape == traj.behaviour.attention.shape
             assert (target.attention - fwd.attention[0]).abs().max() <= 1e-5
             assert (target.token_logprobs - fwd.logprobs[0]).abs().max() <= 1e-5

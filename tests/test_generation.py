@@ -35,7 +35,7 @@ def test_sampled_logprobs_and_attention_match_a_fresh_scoring_pass():
         with torch.no_grad():
             fwd = forward_responses(adapter, model, single, gen.response_ids[row : row + 1, :n],
                                     gen.response_mask[row : row + 1, :n], processor.tokenizer.pad_token_id,
-                                    temperature=0.7)
+                                    temperature=0.7, banned=adapter.banned_token_ids(processor))
         lp, attn = fwd.logprobs, fwd.attention
         assert torch.allclose(lp[0], gen.logprobs[row, :n], atol=1e-4)
         shift = gen.prompts.prompt_len - single.prompt_len  # left padding of the batched prompt
@@ -69,8 +69,8 @@ def test_responses_that_stop_early_keep_their_eos_row_and_match_a_scoring_pass(f
     assert len(set(gen.prompts.inputs["attention_mask"].sum(1).tolist())) > 1  # left padding in the batch
     with torch.no_grad():
         fwd = forward_responses(adapter, model, gen.prompts, gen.response_ids, gen.response_mask,
-                                processor.tokenizer.pad_token_id, temperature=0.9, capture_question=True,
-                                alignment=alignment)
+                                processor.tokenizer.pad_token_id, temperature=0.9, banned=adapter.banned_token_ids(
+                                    processor), capture_question=True, alignment=alignment)
     lp, attn, q_attn = fwd.logprobs, fwd.attention, fwd.question_attention
     assert torch.allclose(gen.logprobs, lp, atol=1e-5)
     assert torch.allclose(gen.attention, attn, atol=1e-5) and torch.allclose(gen.question_attention, q_attn)
@@ -99,3 +99,55 @@ def test_visual_placeholder_tokens_are_never_sampled():
     prompts = [visual_prompt(s, DataConfig()) for s in generate_samples(GroundedVQAConfig(), "train", 2)]
     gen = generate(adapter, model, processor, prompts, num_samples=2, max_new_tokens=6, seed=0)
     assert not torch.isin(gen.response_ids, torch.tensor(banned)).any()
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "idefics3"])
+def test_one_sampling_distribution_with_the_banned_tokens_in_play(family):
+    """The rollout records, and the learner computes, the log-probs of the distribution the sampler draws from:
+    the visual placeholders removed, then the temperature. Here those tokens carry a third of the mass, so a
+    log-prob over the whole vocabulary would be off by ~0.4."""
+    adapter = get_adapter(family)
+    model, processor = adapter.build_tiny(seed=4)
+    banned = adapter.banned_token_ids(processor)
+    assert banned
+    head = model.lm_head
+    model.lm_head = torch.nn.Linear(head.in_features, head.out_features, bias=True)
+    with torch.no_grad():
+        model.lm_head.weight.copy_(head.weight)
+        model.lm_head.bias.zero_()
+        model.lm_head.bias[banned] = 6.0
+    use_capture_attention(model)
+    samples = generate_samples(GroundedVQAConfig.at_stage(4, fraction_video=0.5), "train", 2)
+    gen = generate(adapter, model, processor, [visual_prompt(s, DataConfig()) for s in samples], num_samples=3,
+                   max_new_tokens=8, temperature=0.8, capture=False, seed=0)
+    assert not torch.isin(gen.response_ids[gen.response_mask.bool()], torch.tensor(banned)).any()  # never sampled
+    pad = processor.tokenizer.pad_token_id
+    args = (adapter, model, gen.prompts, gen.response_ids, gen.response_mask, pad)
+    with torch.no_grad():
+        learner = forward_responses(*args, temperature=0.8, banned=banned, capture=False).logprobs
+        logits = forward_responses(*args, temperature=0.8, banned=banned, capture=False, keep_logits=True)
+        whole = forward_responses(*args, temperature=0.8, banned=(), capture=False).logprobs
+    assert (gen.logprobs - learner).abs().max() <= 1e-5
+    assert (logits.logprobs - learner).abs().max() <= 1e-5  # the full-logits path (distillation) is the same
+    assert logits.logits[..., banned].max() <= -1e8 and logits.logits.isfinite().all()
+    gap = (whole - learner)[gen.response_mask.bool()]
+    assert gap.max() < -0.1  # banned tokens in play: the whole vocabulary's log-probs are another distribution
+
+
+def test_with_top_p_the_rollout_records_the_nucleus_it_sampled_from():
+    adapter = get_adapter("qwen2_5_vl")
+    model, processor = adapter.build_tiny(seed=5)
+    use_capture_attention(model)
+    samples = generate_samples(GroundedVQAConfig(), "train", 2)
+    prompts = [visual_prompt(s, DataConfig()) for s in samples]
+    gen = generate(adapter, model, processor, prompts, num_samples=2, max_new_tokens=6, temperature=1.0, top_p=0.3,
+                   capture=False, seed=0)
+    with torch.no_grad():
+        whole = forward_responses(adapter, model, gen.prompts, gen.response_ids, gen.response_mask,
+                                  processor.tokenizer.pad_token_id, banned=adapter.banned_token_ids(processor),
+                                  capture=False).logprobs
+    mask = gen.response_mask.bool()
+    # renormalised over a nucleus of at least 0.3 of the mass: higher than the whole distribution's, by at most
+    # log(1/0.3)
+    diff = (gen.logprobs - whole)[mask]
+    assert (diff > 1e-3).all() and (diff <= torch.log(torch.tensor(1 / 0.3)) + 1e-5).all()

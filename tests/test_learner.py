@@ -93,8 +93,8 @@ def test_lambda_zero_is_plain_grpo(port, trajectories, advantages):
     for _ in range(2):
         args = (batch.prompts, batch.response_ids, batch.response_mask, pad)
         with torch.no_grad():
-            ref_logp = forward_responses(adapter, ref, *args, capture=False).logprobs
-        logp = forward_responses(adapter, model, *args, capture=False).logprobs
+            ref_logp = forward_responses(adapter, ref, *args, banned=adapter.banned_token_ids(processor), capture=False).logprobs
+        logp = forward_responses(adapter, model, *args, banned=adapter.banned_token_ids(processor), capture=False).logprobs
         policy, _ = clipped_surrogate(logp, batch.old_logprobs, batch.advantages, batch.response_mask, 0.2)
         loss = policy + beta * aggregate_tokens(k3_kl(logp, ref_logp), batch.response_mask)
         opt.zero_grad()

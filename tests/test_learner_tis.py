@@ -74,13 +74,13 @@ def test_tis_update_equals_the_hand_weighted_update(port, sampled):
     with torch.no_grad():
         for b in batches:
             olds.append(forward_responses(adapter, model, b.prompts, b.response_ids, b.response_mask, pad,
-                                          capture=False).logprobs)
+                                          banned=adapter.banned_token_ids(processor), capture=False).logprobs)
     for b, old in zip(batches, olds, strict=True):
         keep = b.response_mask.bool()
         w = torch.where(keep, torch.exp(old - b.old_logprobs).clamp(max=CAP), torch.zeros_like(old))
         all_w.append(w[keep])
         logp = forward_responses(adapter, model, b.prompts, b.response_ids, b.response_mask, pad,
-                                 capture=False).logprobs
+                                 banned=adapter.banned_token_ids(processor), capture=False).logprobs
         ratio = torch.exp(logp - old)
         adv = b.advantages[:, None]
         per_token = -torch.minimum(ratio * adv, ratio.clamp(0.8, 1.2) * adv) * w

@@ -21,7 +21,7 @@ from ral_dist.distill.teacher import TeacherActor
 from ral_dist.messages import ChunkAccounting, join_shards, split_shards
 from ral_dist.models import append_response, build_policy, get_adapter
 from ral_dist.models.capture import use_capture_attention
-from ral_dist.models.generation import forward_responses
+from ral_dist.models.generation import forward_responses, token_log_softmax
 from ral_dist.models.prompting import visual_prompt
 from ral_dist.models.qwen_vl import CHAT_TEMPLATE, SPECIAL_TOKENS, QwenVLProcessor
 from ral_dist.models.tokenizer import build_tokenizer
@@ -116,9 +116,9 @@ def test_targets_match_a_direct_capture_row_by_row(trajectories, student_fp):
         ids, mask = t.response.ids[None], torch.ones_like(t.response.ids)[None]
         with torch.no_grad():
             logits = model(**append_response(prompts.inputs, ids, mask, pad)).logits
-            fwd = forward_responses(adapter, model, prompts, ids, mask, pad, temperature=0.9)
+            fwd = forward_responses(adapter, model, prompts, ids, mask, pad, temperature=0.9, banned=adapter.banned_token_ids(processor))
         logp, attn = fwd.logprobs, fwd.attention
-        full = torch.log_softmax(logits[0, t.prompt.length - 1 : -1].float() / 0.9, -1)
+        full = token_log_softmax(logits[0, t.prompt.length - 1 : -1], 0.9, adapter.banned_token_ids(processor))
         n = len(t.response.ids)
         lengths.add(n)
         assert target.attention.dtype == torch.float32 and target.attention.shape == t.behaviour.attention.shape

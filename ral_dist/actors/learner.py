@@ -236,7 +236,8 @@ class Learner(LearnerWeights):
         rc = self.cfg.rollout
         # Capture is cheap (response rows only) and gives attn_jsd even when lambda_attn == 0.
         return forward_responses(self.adapter, model, batch.prompts, batch.response_ids, batch.response_mask,
-                                 self.processor.tokenizer.pad_token_id, temperature=rc.temperature, capture=capture,
+                                 self.processor.tokenizer.pad_token_id, temperature=rc.temperature,
+                                 banned=self.adapter.banned_token_ids(self.processor), capture=capture,
                                  alignment=rc.attention_rows, keep_logits=self.keep_logits and model is self.ds_engine)
 
     @torch.no_grad()

@@ -102,7 +102,7 @@ class TeacherActor:
         batch = response_batch(self.adapter, self.processor, trajs, cfg.data).to(self.device)
         fwd = forward_responses(self.adapter, self.model, batch.prompts, batch.response_ids, batch.response_mask,
                                 self.processor.tokenizer.pad_token_id, temperature=cfg.rollout.temperature,
-                                capture=True, alignment=cfg.rollout.attention_rows, keep_logits=True)
+                                banned=self.adapter.banned_token_ids(self.processor), capture=True, alignment=cfg.rollout.attention_rows, keep_logits=True)
         wire = torch.float16 if tc.attention_wire_dtype == "float16" else torch.float32
         attention = batch.unpad(fwd.attention, keys=True)
         token_logprobs = batch.unpad(fwd.logprobs)

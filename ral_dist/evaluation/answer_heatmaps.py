@@ -39,7 +39,8 @@ def generation_of_answers(adapter: VLMAdapter, model, processor, data: DataConfi
     on_device = dataclasses.replace(batch, inputs={k: v.to(device) if torch.is_tensor(v) else v
                                                    for k, v in batch.inputs.items()})
     fwd = forward_responses(adapter, model, on_device, response_ids.to(device), response_mask.to(device),
-                            processor.tokenizer.pad_token_id, capture=True, capture_question=True)
+                            processor.tokenizer.pad_token_id, banned=adapter.banned_token_ids(processor), capture=True,
+                            capture_question=True)
     texts = processor.tokenizer.batch_decode(
         torch.where(response_mask.bool(), response_ids, processor.tokenizer.pad_token_id), skip_special_tokens=True)
     gen = Generation(batch, response_ids, response_mask, fwd.logprobs.cpu(), texts, fwd.attention.float().cpu(),

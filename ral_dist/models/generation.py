@@ -2,20 +2,22 @@
 
 `generate` (rollout worker: sampling, G per prompt; evaluation: greedy) takes both from the sampling passes
 themselves. `forward_responses` is one forward over prompt + given responses that gives the same numbers: the
-learner's current policy, the reference, the teacher, and the replica beside a vLLM engine. Log-probs are of the
-logits divided by the sampling temperature; the rows are the attention policy of RAL.md §1 from the last LM layer.
+learner's current policy, the reference, the teacher, and the replica beside a vLLM engine. Log-probs are of one
+token distribution everywhere (`token_log_softmax`: the banned visual placeholders removed, then the sampling
+temperature), the one the sampler draws from; the rows are the attention policy of RAL.md §1 from the last LM layer.
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
-from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
+from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList, TopPLogitsWarper
 
 from ral_dist.models.base import PromptBatch, VisualPrompt, VLMAdapter, append_response
 from ral_dist.models.capture import (
@@ -28,6 +30,24 @@ from ral_dist.models.capture import (
 )
 
 LOGPROB_CHUNK = 1024  # response positions whose fp32 vocabulary logits exist at once in the learner
+# A banned token's logit: probability exactly 0 in fp32 yet finite, so that p * log p terms of a distillation loss
+# stay 0 (vLLM's logit bias of -100 gives the same log-probs to far below 1e-5).
+MASKED_LOGIT = -1e9
+
+
+def mask_banned(logits: torch.Tensor, banned: Sequence[int]) -> torch.Tensor:
+    """fp32 logits with the ``banned`` tokens (visual placeholders only the processor may place) removed."""
+    x = logits.float()
+    if banned:
+        x = x.index_fill(-1, torch.tensor(list(banned), device=x.device), MASKED_LOGIT)
+    return x
+
+
+def token_log_softmax(logits: torch.Tensor, temperature: float = 1.0, banned: Sequence[int] = ()) -> torch.Tensor:
+    """Log-probs over the vocabulary of the sampling distribution: banned tokens removed, then the temperature.
+    The rollout records, and the learner, the reference and the teacher compute, these (top-p aside: see
+    `generate`)."""
+    return torch.log_softmax(mask_banned(logits, banned) / temperature, -1)
 
 
 @dataclass
@@ -62,11 +82,12 @@ def pad_positions(positions: list[torch.Tensor]) -> torch.Tensor:
 class ResponseForward:
     """What one forward over prompt + given responses computes (`forward_responses`); T = P + R."""
 
-    logprobs: torch.Tensor  # [N, R] log-prob of each response token under logits / temperature (0 where masked)
+    logprobs: torch.Tensor  # [N, R] log-prob of each response token (`token_log_softmax`; 0 where masked)
     attention: torch.Tensor | None = None  # [N, R, T] attention policy rows of the response tokens
     question_attention: torch.Tensor | None = None  # [N, Q, T] rows of the question tokens
     question_rows: torch.Tensor | None = None  # [N, Q] positions of those rows (-1 = none)
-    logits: torch.Tensor | None = None  # [N, R, V] fp32 logits that predict the response, before the temperature
+    logits: torch.Tensor | None = None  # [N, R, V] fp32 logits that predict the response, banned tokens masked,
+    # before the temperature
 
 
 class _LastHiddenState:
@@ -85,31 +106,32 @@ class _LastHiddenState:
         self._handle.remove()
 
 
-def _token_logprobs(lm_head: nn.Module, hidden: torch.Tensor, ids: torch.Tensor, temperature: float) -> torch.Tensor:
-    logits = lm_head(hidden).float() / temperature
-    return torch.log_softmax(logits, -1).gather(-1, ids[:, None]).squeeze(-1)
+def _token_logprobs(lm_head: nn.Module, hidden: torch.Tensor, ids: torch.Tensor, temperature: float,
+                    banned: Sequence[int]) -> torch.Tensor:
+    return token_log_softmax(lm_head(hidden), temperature, banned).gather(-1, ids[:, None]).squeeze(-1)
 
 
 def response_logprobs(lm_head: nn.Module, hidden: torch.Tensor, ids: torch.Tensor, temperature: float,
-                      chunk: int = LOGPROB_CHUNK) -> torch.Tensor:
+                      banned: Sequence[int] = (), chunk: int = LOGPROB_CHUNK) -> torch.Tensor:
     """[N, R] log-probs of ``ids`` from the hidden states [N, R, H] that predict them, ``chunk`` positions at a
     time: with grad each chunk is checkpointed (its fp32 logits are recomputed in the backward), so full-vocabulary
     logits of the whole batch never exist at once."""
     flat_h, flat_ids = hidden.reshape(-1, hidden.shape[-1]), ids.reshape(-1)
     grad = torch.is_grad_enabled() and hidden.requires_grad
     parts = [checkpoint(_token_logprobs, lm_head, flat_h[s : s + chunk], flat_ids[s : s + chunk], temperature,
-                        use_reentrant=False) if grad else
-             _token_logprobs(lm_head, flat_h[s : s + chunk], flat_ids[s : s + chunk], temperature)
+                        banned, use_reentrant=False) if grad else
+             _token_logprobs(lm_head, flat_h[s : s + chunk], flat_ids[s : s + chunk], temperature, banned)
              for s in range(0, flat_ids.shape[0], chunk)]
     return torch.cat(parts).view_as(ids)
 
 
 def forward_responses(adapter: VLMAdapter, model, prompts: PromptBatch, response_ids: torch.Tensor,
-                      response_mask: torch.Tensor, pad_token_id: int, temperature: float = 1.0,
-                      capture: bool = True, capture_question: bool = False, alignment: RowAlignment = "paper",
+                      response_mask: torch.Tensor, pad_token_id: int, temperature: float = 1.0, *,
+                      banned: Sequence[int], capture: bool = True, capture_question: bool = False, alignment: RowAlignment = "paper",
                       keep_logits: bool = False, chunk_rows: int = CAPTURE_CHUNK_ROWS) -> ResponseForward:
-    """One forward over prompt + response: per-token log-probs and (optionally) the attention policy rows and the
-    response logits. Runs with whatever grad mode the caller set (no grad in rollouts, with grad in the learner).
+    """One forward over prompt + response: per-token log-probs (`token_log_softmax` with ``temperature`` and
+    ``banned``: the adapter's `banned_token_ids`, required so that no caller scores another distribution) and (optionally) the attention policy rows and the response
+    logits. Runs with whatever grad mode the caller set (no grad in rollouts, with grad in the learner).
     The vocabulary projection runs on the response positions only (no KV cache, no prompt logits)."""
     inputs = append_response(prompts.inputs, response_ids, response_mask, pad_token_id)
     P, R = prompts.prompt_len, response_ids.shape[1]
@@ -125,11 +147,11 @@ def forward_responses(adapter: VLMAdapter, model, prompts: PromptBatch, response
     # the hidden state at position P-1+i predicts response token i
     hidden = kept.hidden[:, P - 1 : P - 1 + R]
     lm_head = getattr(model, "module", model).get_output_embeddings()
-    logits = lm_head(hidden).float() if keep_logits else None
+    logits = mask_banned(lm_head(hidden), banned) if keep_logits else None
     if logits is not None:
         logprobs = torch.log_softmax(logits / temperature, -1).gather(-1, response_ids[..., None]).squeeze(-1)
     else:
-        logprobs = response_logprobs(lm_head, hidden, response_ids, temperature)
+        logprobs = response_logprobs(lm_head, hidden, response_ids, temperature, banned)
     logprobs = logprobs * response_mask
     policy = request.policy if request is not None else None
     attention = policy[:, :R] if policy is not None else None
@@ -160,6 +182,15 @@ def decoded_rows(request: DecodeCapture, n_resp: int, alignment: RowAlignment) -
     return out
 
 
+def _sampled_logprobs(logits: torch.Tensor, ids: torch.Tensor, temperature: float, top_p: float,
+                      banned: Sequence[int]) -> torch.Tensor:
+    """[N] log-probs of the sampled ``ids`` under the distribution the sampler drew them from."""
+    x = mask_banned(logits, banned) / temperature
+    if top_p < 1.0:
+        x = TopPLogitsWarper(top_p)(None, x)
+    return torch.log_softmax(x, -1).gather(-1, ids[:, None])[:, 0]
+
+
 @torch.no_grad()
 def generate(adapter: VLMAdapter, model, processor, prompts: list[VisualPrompt], *, num_samples: int = 1,
              max_new_tokens: int = 32, temperature: float = 1.0, top_p: float = 1.0, greedy: bool = False,
@@ -167,9 +198,12 @@ def generate(adapter: VLMAdapter, model, processor, prompts: list[VisualPrompt],
              seed: int | None = None) -> Generation:
     """Sample ``num_samples`` responses per prompt (rows ordered prompt-major: p0 x G, p1 x G, ...).
 
-    Log-probs and attention rows come from the sampling passes themselves (no second forward): the raw logits of
-    each step, divided by the temperature as the learner does, and the last layer's rows captured as each token
-    is fed back. Equal to `forward_responses` on the result up to float rounding (tests/test_generation.py).
+    Log-probs and attention rows come from the sampling passes themselves (no second forward): the log-probs of
+    the distribution each token was drawn from (`token_log_softmax` of the step's raw logits: banned tokens removed,
+    the temperature; with ``top_p`` < 1 also the nucleus, renormalised: the behaviour policy's own log-probs, which
+    the learner's full distribution then differs from by the nucleus mass, see learner.old_policy) and the last
+    layer's rows captured as each token is fed back. Equal to `forward_responses` on the result up to float
+    rounding when top_p is 1 (tests/test_generation.py).
     """
     expanded = [p for p in prompts for _ in range(num_samples)]
     batch = adapter.encode(processor, expanded)
@@ -188,9 +222,10 @@ def generate(adapter: VLMAdapter, model, processor, prompts: list[VisualPrompt],
                             inputs["attention_mask"].bool())
     # eos_token_id=[]: none of transformers' own EOS stopping, which ends a row before its EOS is fed back (see
     # _FirstEosFed); None would take the model's default.
+    banned = adapter.banned_token_ids(processor)
     config = GenerationConfig(eos_token_id=[], pad_token_id=tok.pad_token_id, do_sample=not greedy,
-                              max_new_tokens=max_new_tokens + int(capture), suppress_tokens=adapter.banned_token_ids(
-                                  processor), return_dict_in_generate=True, output_logits=True, **sampling)
+                              max_new_tokens=max_new_tokens + int(capture), suppress_tokens=banned,
+                              return_dict_in_generate=True, output_logits=True, **sampling)
     t0 = time.perf_counter()
     attn_module = adapter.language_layers(model)[-1].self_attn
     with armed(attn_module, request) if capture else contextlib.nullcontext():
@@ -203,9 +238,9 @@ def generate(adapter: VLMAdapter, model, processor, prompts: list[VisualPrompt],
     n_resp = response_ids.shape[1]
     response_mask = eos_mask(response_ids, eos)
     response_ids = torch.where(response_mask.bool(), response_ids, torch.full_like(response_ids, tok.pad_token_id))
-    inv_temp = 1.0 if greedy else 1.0 / temperature
-    logprobs = torch.stack([torch.log_softmax(step.float() * inv_temp, -1).gather(-1, response_ids[:, i, None].to(device))
-                            [:, 0].cpu() for i, step in enumerate(out.logits[:n_resp])], 1) * response_mask
+    logprobs = torch.stack([_sampled_logprobs(step, response_ids[:, i].to(device), 1.0 if greedy else temperature,
+                                              1.0 if greedy else top_p, banned).cpu()
+                            for i, step in enumerate(out.logits[:n_resp])], 1) * response_mask
     attention = q_attention = None
     if capture:
         attention = decoded_rows(request, n_resp, alignment).cpu() * response_mask[..., None]

@@ -202,7 +202,7 @@ class VLLMEngine:
                                                        for k, v in batch.inputs.items()})
         ids, mask = response_ids.to(device), response_mask.to(device)
         out = forward_responses(self.adapter, self.model, on_device, ids, mask, self.processor.tokenizer.pad_token_id,
-                                temperature=1.0 if greedy else temperature, capture=True,
+                                temperature=1.0 if greedy else temperature, banned=self.banned, capture=True,
                                 capture_question=capture_question, alignment=alignment, keep_logits=True)
         hf = sampling_logprobs(out.logits, ids, temperature, self.banned, greedy, self._top_p_fn(top_p, greedy))
         self.stats = mismatch_stats(engine_logprobs, hf.cpu(), response_mask)

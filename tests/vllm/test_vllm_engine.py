@@ -55,7 +55,8 @@ def test_rollout_maps_and_logprobs_equal_a_direct_capture(worker, samples):
         assert single.prompt_len == t.prompt.length
         with torch.no_grad():
             fwd = forward_responses(worker.adapter, model, single, t.response.ids[None],
-                                    torch.ones(1, n, dtype=torch.long), pad, temperature=0.9)
+                                    torch.ones(1, n, dtype=torch.long), pad, temperature=0.9,
+                                    banned=worker.adapter.banned_token_ids(worker.processor))
         attn = fwd.attention
         assert t.behaviour.attention.dtype == torch.float32 and t.behaviour.attention.shape == attn[0].shape
         assert (t.behaviour.attention - attn[0]).abs().max() <= 1e-5
