@@ -259,8 +259,28 @@ class RLRunConfig(Strict, RunOperations):
         None, gt=0, description="the memory of one GPU for that plan; None: read on a GPU node of the cluster")
 
 
+class AttentionConfig(Strict):
+    """Where the attention policy of RAL.md §1 is read."""
+
+    layers: list[int] = Field(
+        default_factory=lambda: [-1], min_length=1,
+        description="decoder layers of the language model whose attention policy is captured: each layer's rows "
+                    "head-averaged, then the mean over these layers. [-1]: the last layer (the paper); any index "
+                    "(negative: from the last) or a set. The one setting of the capture in the rollout, the "
+                    "attention rewards, the learner's term, the teacher's targets, validation, heatmaps and "
+                    "jobs/eval.py (whose --per-layer shows where a model grounds); each layer costs one q·K^T per row")
+
+    @field_validator("layers")
+    @classmethod
+    def _each_once(cls, layers: list[int]) -> list[int]:
+        if len(set(layers)) != len(layers):
+            raise ValueError(f"{layers} names a layer twice")
+        return layers
+
+
 class RLJobConfig(Strict):
     model: ModelConfig = Field(default_factory=ModelConfig)
+    attention: AttentionConfig = Field(default_factory=AttentionConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     reward: RewardConfig = Field(default_factory=RewardConfig)

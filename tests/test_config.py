@@ -37,3 +37,17 @@ def test_yaml_never_evaluates_code(tmp_path):
 def test_malformed_override_is_rejected():
     with pytest.raises(ConfigError, match="key.path=value"):
         load_config(SFTJobConfig, None, ["train.steps"])
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("attention.layers=[]", r"attention\.layers:.*at least 1"),
+    ("attention.layers=[0,-1,0]", r"attention\.layers:.*names a layer twice"),
+    ("attention.layers=[last]", r"attention\.layers\.0:"),
+    ("rollout.top_p=0.9", r"rollout\.top_p \(0\.9\) < 1 needs learner\.old_policy=recompute"),
+])
+def test_bad_attention_and_sampling_settings_fail_naming_the_field(override, message):
+    from ral_dist.config import RLJobConfig
+
+    with pytest.raises(ConfigError, match=message):
+        load_config(RLJobConfig, None, [override])
+    assert load_config(RLJobConfig, None, ["rollout.top_p=0.9", "learner.old_policy=recompute"]).rollout.top_p == 0.9

@@ -5,9 +5,11 @@ import torch
 from PIL import Image, ImageDraw
 
 from ral_dist.models import VisualPrompt, append_response, get_adapter
+from ral_dist.models.generation import forward_responses, generate
 from ral_dist.models.capture import (
     ATTN_IMPLEMENTATION,
     capture_attention,
+    layer_indices,
     reference_attention_policy,
     response_rows,
     use_capture_attention,
@@ -125,3 +127,47 @@ def test_only_the_armed_layer_computes_probabilities(family, monkeypatch):
     with torch.no_grad():
         model(**inputs)
     assert len(calls) == 1  # disarmed after the block
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_attention_layers_average_the_chosen_layers_as_eager_gives_them(family):
+    """attention.layers: each chosen layer's rows as eager attention gives that layer, then their mean; the same in
+    a scoring forward and across a cached generation."""
+    adapter, model, processor, batch, inputs, resp_mask = _batch(family, "image")
+    n_layers = len(adapter.language_layers(model))
+    assert n_layers >= 2
+    rows = response_rows(batch.prompt_len, resp_mask)
+    use_capture_attention(model)
+    pad = processor.tokenizer.pad_token_id
+    resp = inputs["input_ids"][:, batch.prompt_len :]
+    banned = adapter.banned_token_ids(processor)
+    with torch.no_grad():
+        first = forward_responses(adapter, model, batch, resp, resp_mask, pad, banned=banned, layers=[0]).attention
+        both = forward_responses(adapter, model, batch, resp, resp_mask, pad, banned=banned, layers=[0, -1]).attention
+        last = forward_responses(adapter, model, batch, resp, resp_mask, pad, banned=banned).attention
+    model.set_attn_implementation("eager")
+    with torch.no_grad():
+        eager = model(**inputs, output_attentions=True).attentions
+    use_capture_attention(model)
+    reference = [reference_attention_policy(a, rows, inputs["attention_mask"]) for a in (eager[0], eager[-1])]
+    assert (first - reference[0]).abs().max() <= 1e-5 and (last - reference[1]).abs().max() <= 1e-5
+    assert (both - (reference[0] + reference[1]) / 2).abs().max() <= 1e-5
+    assert (first - last).abs().max() > 1e-3  # the layers differ: the choice matters
+    # generation: the decoded rows of the mean are the mean of each layer's decoded rows
+    prompts = _prompts("image")
+    gens = {key: generate(adapter, model, processor, prompts, greedy=True, max_new_tokens=5, capture_question=True,
+                          layers=key) for key in ((0,), (-1,), (0, n_layers - 1))}
+    mean = (gens[(0,)].attention + gens[(-1,)].attention) / 2
+    assert (gens[(0, n_layers - 1)].attention - mean).abs().max() <= 1e-6
+    with torch.no_grad():
+        scored = forward_responses(adapter, model, gens[(0,)].prompts, gens[(0,)].response_ids,
+                                   gens[(0,)].response_mask, pad, banned=banned, layers=[0]).attention
+    assert (scored - gens[(0,)].attention).abs().max() <= 1e-5
+
+
+def test_a_layer_the_model_does_not_have_is_refused_naming_the_setting():
+    assert layer_indices([-1, 0, 2], 4) == [3, 0, 2] and layer_indices([3, -1], 4) == [3]
+    with pytest.raises(ValueError, match=r"attention.layers: 4 is not a layer .* 4 layers"):
+        layer_indices([4], 4)
+    with pytest.raises(ValueError, match=r"attention.layers: -5"):
+        layer_indices([-5], 4)

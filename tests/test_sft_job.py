@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from ral_dist.models import adapter_for_checkpoint
@@ -34,7 +35,7 @@ def test_short_sft_run_gives_a_reloadable_checkpoint_whose_loss_decreased(tmp_pa
 
     report_path = tmp_path / "eval.json"
     proc = subprocess.run([sys.executable, "jobs/eval.py", "--checkpoint", str(out), "--split", "val",
-                           "--json", str(report_path), "--heatmaps", str(tmp_path / "heat")],
+                           "--json", str(report_path), "--heatmaps", str(tmp_path / "heat"), "--per-layer"],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(report_path.read_text())
@@ -43,3 +44,14 @@ def test_short_sft_run_gives_a_reloadable_checkpoint_whose_loss_decreased(tmp_pa
     assert report["n"] == 8 and 0.0 <= report["accuracy"] <= 1.0
     assert 0.0 <= report["attention_on_target"] <= 1.0
     assert len(list((tmp_path / "heat").glob("*.png"))) == 4
+    # --per-layer: attention on target at every decoder layer, beside its chance level; the last layer's image
+    # figure is the report's own attention_on_target (the default attention.layers)
+    n_layers = model.config.text_config.num_hidden_layers
+    per_layer = report["per_layer"]
+    assert list(per_layer) == [str(layer) for layer in range(n_layers)] and "layer" in proc.stdout
+    for by_kind in per_layer.values():
+        for figures in by_kind.values():
+            assert 0 <= figures["attention_on_target"] <= 1 and 0 < figures["target_fraction"] < 1
+    last = per_layer[str(n_layers - 1)]
+    on_target = sum(f["attention_on_target"] * f["n"] for f in last.values()) / sum(f["n"] for f in last.values())
+    assert on_target == pytest.approx(report["attention_on_target"], abs=1e-5)

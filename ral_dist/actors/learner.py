@@ -238,7 +238,8 @@ class Learner(LearnerWeights):
         return forward_responses(self.adapter, model, batch.prompts, batch.response_ids, batch.response_mask,
                                  self.processor.tokenizer.pad_token_id, temperature=rc.temperature,
                                  banned=self.adapter.banned_token_ids(self.processor), capture=capture,
-                                 alignment=rc.attention_rows, keep_logits=self.keep_logits and model is self.ds_engine)
+                                 alignment=rc.attention_rows, keep_logits=self.keep_logits and model is self.ds_engine,
+                                 layers=self.cfg.attention.layers)
 
     @torch.no_grad()
     def _recompute_old(self, shard: StepShard) -> list[Trajectory]:
@@ -278,7 +279,7 @@ class Learner(LearnerWeights):
         learner scores) under the current weights. Every rank runs the forward (ZeRO-3 gathers in it); rank 0
         returns them."""
         out = heatmaps_of_answers(self.adapter, self.ds_engine.module, self.processor, self.cfg.data, samples,
-                                  response_ids, response_mask, self.device)
+                                  response_ids, response_mask, self.device, self.cfg.attention.layers)
         return out if self.rank == 0 else None
 
     def validation_rows(self, samples: list, response_ids: torch.Tensor, response_mask: torch.Tensor) -> list | None:
@@ -286,7 +287,7 @@ class Learner(LearnerWeights):
         when no rollout worker holds a transformers copy) under the current weights. Every rank runs the forward
         (ZeRO-3 gathers in it); rank 0 returns them."""
         gen, _ = generation_of_answers(self.adapter, self.ds_engine.module, self.processor, self.cfg.data, samples,
-                                       response_ids, response_mask, self.device)
+                                       response_ids, response_mask, self.device, self.cfg.attention.layers)
         if self.rank != 0:
             return None
         return generation_rows(gen, samples, self.adapter.temporal_patch(self.processor), self.processor.tokenizer,

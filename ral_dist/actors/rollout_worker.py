@@ -198,7 +198,8 @@ class RolloutWorker:
         else:
             gen = generate(self.adapter, self.model, self.processor, prompts, num_samples=rc.group_size,
                            max_new_tokens=rc.max_new_tokens, temperature=rc.temperature, top_p=rc.top_p,
-                           capture=True, capture_question=True, alignment=rc.attention_rows, seed=seed)
+                           capture=True, capture_question=True, alignment=rc.attention_rows, seed=seed,
+                           layers=self.cfg.attention.layers)
         metrics.record_rollout(gen)
         expanded = [s for s in samples for _ in range(rc.group_size)]
         expanded_groups = [g for g in groups for _ in range(rc.group_size)]
@@ -216,7 +217,7 @@ class RolloutWorker:
             gen = self.vllm_engine.generate(prompts, greedy=True, max_new_tokens=max_new, capture_question=True)
         else:
             gen = generate(self.adapter, self.model, self.processor, prompts, greedy=True, max_new_tokens=max_new,
-                           capture=True, capture_question=True)
+                           capture=True, capture_question=True, layers=self.cfg.attention.layers)
         return render(gen, samples, prompts, self.temporal_patch, self.processor.tokenizer,
                       self.cfg.data.prompt.mode)
 
@@ -227,7 +228,7 @@ class RolloutWorker:
         terms = reward_terms(self.cfg.reward)
         if self.vllm_engine is None:
             return greedy_rows(self.adapter, self.model, self.processor, samples, self.cfg.data,
-                               self.cfg.rollout.max_new_tokens, terms)
+                               self.cfg.rollout.max_new_tokens, terms, self.cfg.attention.layers)
         gen = self.vllm_engine.generate([visual_prompt(s, self.cfg.data) for s in samples], greedy=True,
                                         max_new_tokens=self.cfg.rollout.max_new_tokens, capture_question=True)
         return generation_rows(gen, samples, self.temporal_patch, self.processor.tokenizer,

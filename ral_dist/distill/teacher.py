@@ -36,8 +36,9 @@ def _place(adapter, model: torch.nn.Module) -> torch.device:
 
         device_map = infer_auto_device_map(model, no_split_module_classes=model._no_split_modules)
         dispatch_model(model, device_map=device_map)  # inputs go to cuda:0; accelerate moves activations on
-        # the capture's row indices are built on the input device, the last layer may sit on another GPU
-        adapter.language_layers(model)[-1].self_attn.register_forward_pre_hook(_capture_to_module_device)
+        # the capture's row indices are built on the input device, a captured layer may sit on another GPU
+        for layer in adapter.language_layers(model):
+            layer.self_attn.register_forward_pre_hook(_capture_to_module_device)
     else:
         model.to(device)
     return device
@@ -102,7 +103,8 @@ class TeacherActor:
         batch = response_batch(self.adapter, self.processor, trajs, cfg.data).to(self.device)
         fwd = forward_responses(self.adapter, self.model, batch.prompts, batch.response_ids, batch.response_mask,
                                 self.processor.tokenizer.pad_token_id, temperature=cfg.rollout.temperature,
-                                banned=self.adapter.banned_token_ids(self.processor), capture=True, alignment=cfg.rollout.attention_rows, keep_logits=True)
+                                banned=self.adapter.banned_token_ids(self.processor), capture=True,
+                                alignment=cfg.rollout.attention_rows, keep_logits=True, layers=cfg.attention.layers)
         wire = torch.float16 if tc.attention_wire_dtype == "float16" else torch.float32
         attention = batch.unpad(fwd.attention, keys=True)
         token_logprobs = batch.unpad(fwd.logprobs)

@@ -9,6 +9,7 @@ one forward over vLLM's greedy answers (`heatmaps_of_answers`).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
 import torch
 
@@ -31,7 +32,7 @@ def render(gen: Generation, samples: list[Sample], prompts: list[VisualPrompt], 
 @torch.no_grad()
 def generation_of_answers(adapter: VLMAdapter, model, processor, data: DataConfig, samples: list[Sample],
                           response_ids: torch.Tensor, response_mask: torch.Tensor,
-                          device: torch.device) -> tuple[Generation, list[VisualPrompt]]:
+                          device: torch.device, layers: Sequence[int] = (-1,)) -> tuple[Generation, list[VisualPrompt]]:
     """Given answers ([N, R] ids and mask, e.g. vLLM's greedy ones) as a `Generation` with ``model``'s attention
     rows: one forward with the capture (a sharded model gathers its parameters in it: every rank must call)."""
     prompts = [visual_prompt(s, data) for s in samples]
@@ -40,7 +41,7 @@ def generation_of_answers(adapter: VLMAdapter, model, processor, data: DataConfi
                                                    for k, v in batch.inputs.items()})
     fwd = forward_responses(adapter, model, on_device, response_ids.to(device), response_mask.to(device),
                             processor.tokenizer.pad_token_id, banned=adapter.banned_token_ids(processor), capture=True,
-                            capture_question=True)
+                            capture_question=True, layers=layers)
     texts = processor.tokenizer.batch_decode(
         torch.where(response_mask.bool(), response_ids, processor.tokenizer.pad_token_id), skip_special_tokens=True)
     gen = Generation(batch, response_ids, response_mask, fwd.logprobs.cpu(), texts, fwd.attention.float().cpu(),
@@ -50,7 +51,8 @@ def generation_of_answers(adapter: VLMAdapter, model, processor, data: DataConfi
 
 def heatmaps_of_answers(adapter: VLMAdapter, model, processor, data: DataConfig, samples: list[Sample],
                         response_ids: torch.Tensor, response_mask: torch.Tensor,
-                        device: torch.device) -> list[tuple[str, bytes]]:
+                        device: torch.device, layers: Sequence[int] = (-1,)) -> list[tuple[str, bytes]]:
     """The heatmaps of given answers under ``model``'s attention (`generation_of_answers`: every rank must call)."""
-    gen, prompts = generation_of_answers(adapter, model, processor, data, samples, response_ids, response_mask, device)
+    gen, prompts = generation_of_answers(adapter, model, processor, data, samples, response_ids, response_mask, device,
+                                         layers)
     return render(gen, samples, prompts, adapter.temporal_patch(processor), processor.tokenizer, data.prompt.mode)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -56,10 +56,13 @@ def report_row(view: ResponseView, terms: Mapping[str, RewardTerm] = REWARD_TERM
 @torch.no_grad()
 def evaluate(adapter: VLMAdapter, model, processor, samples: list[Sample], data: DataConfig | None = None,
              batch_size: int = 32, max_new_tokens: int = 48, heatmap_dir: str | Path | None = None,
-             n_heatmaps: int = 4, terms: Mapping[str, RewardTerm] = REWARD_TERMS) -> dict:
+             n_heatmaps: int = 4, terms: Mapping[str, RewardTerm] = REWARD_TERMS,
+             layers: Sequence[int] = (-1,), per_layer=None) -> dict:
     """Greedy-decode every sample and aggregate. Returns a JSON-able dict (see `metric_names(terms)`, plus
     response_length in tokens, n and per_type). ``data``: the prompt and media settings (default: `DataConfig()`); ``terms``: the job's reward terms
-    (`reward_terms(reward_cfg)`)."""
+    (`reward_terms(reward_cfg)`); ``layers``: the attention policy's (``attention.layers``); ``per_layer``: a
+    `ral_dist.evaluation.per_layer.LayerGrounding` that also gets every batch (attention on target at every
+    decoder layer); the report's ``per_layer`` is its summary."""
     data = data or DataConfig()
     use_capture_attention(model)
     model.eval()
@@ -70,7 +73,9 @@ def evaluate(adapter: VLMAdapter, model, processor, samples: list[Sample], data:
         chunk = samples[start : start + batch_size]
         prompts = [visual_prompt(s, data) for s in chunk]
         gen = generate(adapter, model, processor, prompts, greedy=True, max_new_tokens=max_new_tokens, capture=True,
-                       capture_question=True)
+                       capture_question=True, layers=layers)
+        if per_layer is not None:
+            per_layer.add(adapter, model, processor, gen, chunk, data.prompt.mode)
         for i, s in enumerate(chunk):
             view = response_view(gen, i, s, temporal_patch, processor.tokenizer, data.prompt.mode)
             rows.append((s.qtype, report_row(view, terms) | {"response_length": int(gen.response_mask[i].sum())}))
@@ -80,7 +85,8 @@ def evaluate(adapter: VLMAdapter, model, processor, samples: list[Sample], data:
                 examples.append({"id": s.id, "question": s.question, "answer": s.answer,
                                  "response": view.text, "heatmap": str(path)})
 
-    return summarise(rows, (*metric_names(terms), "response_length")) | {"examples": examples}
+    report = summarise(rows, (*metric_names(terms), "response_length")) | {"examples": examples}
+    return report | ({"per_layer": per_layer.summary()} if per_layer is not None else {})
 
 
 def summarise(rows: list[tuple[str, dict]], names: tuple[str, ...]) -> dict:

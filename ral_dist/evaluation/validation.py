@@ -9,7 +9,7 @@ rows and writes `val_record` to metrics.jsonl as ``{"kind": "val", "step": ...}`
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
 
@@ -38,7 +38,7 @@ def generation_rows(gen: Generation, samples: list[Sample], temporal_patch: int,
 
 @torch.no_grad()
 def greedy_rows(adapter: VLMAdapter, model, processor, samples: list[Sample], data: DataConfig, max_new_tokens: int,
-                terms: Mapping[str, RewardTerm]) -> list[dict]:
+                terms: Mapping[str, RewardTerm], layers: Sequence[int]) -> list[dict]:
     """Greedy-decode ``samples`` with ``model`` (the capture on) in batches; `generation_rows` of each."""
     rows: list[dict] = []
     temporal_patch = adapter.temporal_patch(processor)
@@ -46,7 +46,7 @@ def greedy_rows(adapter: VLMAdapter, model, processor, samples: list[Sample], da
         chunk = samples[start : start + BATCH]
         prompts = [visual_prompt(s, data) for s in chunk]
         gen = generate(adapter, model, processor, prompts, greedy=True, max_new_tokens=max_new_tokens, capture=True,
-                       capture_question=True)
+                       capture_question=True, layers=layers)
         rows += generation_rows(gen, chunk, temporal_patch, processor.tokenizer, data.prompt.mode, terms)
     return rows
 

@@ -1,4 +1,5 @@
-"""Capture of the attention policy of RAL.md §1 from the last decoder layer of the language model.
+"""Capture of the attention policy of RAL.md §1 from the last decoder layer of the language model (or the layers of
+``attention.layers``, averaged: `armed_layers`).
 
 Every layer keeps SDPA. We register one attention function, ``ral_sdpa``, that is plain SDPA for every module
 except the one module a capture is armed on (the last LM layer's ``self_attn``): there it also computes the
@@ -18,7 +19,8 @@ times.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import contextlib
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Literal
@@ -172,6 +174,57 @@ def armed(attn_module: nn.Module, request: CaptureRequest | DecodeCapture) -> It
         yield request
     finally:
         del attn_module._ral_capture
+
+
+def layer_indices(layers: Sequence[int], n_layers: int) -> list[int]:
+    """``attention.layers`` (negative: from the last) as indices 0..n_layers-1, in order, each once."""
+    out = []
+    for layer in layers:
+        if not -n_layers <= layer < n_layers:
+            raise ValueError(f"attention.layers: {layer} is not a layer of a language model with {n_layers} layers "
+                             f"(0..{n_layers - 1}, or -1..-{n_layers} from the last)")
+        if layer % n_layers not in out:
+            out.append(layer % n_layers)
+    return out
+
+
+@dataclass
+class LayerMean:
+    """The attention policy of several layers (``attention.layers``): one request armed per layer, each row the
+    mean of the layers' rows (a mean of distributions: still one). Reads like the request it averages."""
+
+    requests: list
+
+    @property
+    def policy(self) -> torch.Tensor | None:
+        return _mean([r.policy for r in self.requests])
+
+    @property
+    def prompt_policy(self) -> torch.Tensor | None:
+        return _mean([r.prompt_policy for r in self.requests])
+
+    @property
+    def steps(self) -> list[torch.Tensor]:
+        return [_mean(list(rows)) for rows in zip(*(r.steps for r in self.requests), strict=True)]
+
+    @property
+    def key_mask(self) -> torch.Tensor:
+        return self.requests[0].key_mask
+
+
+def _mean(parts: list) -> torch.Tensor | None:
+    if parts[0] is None:
+        return None
+    # layers dispatched over several GPUs (a large teacher): their rows meet on the first one's device
+    return parts[0] if len(parts) == 1 else torch.stack([p.to(parts[0].device) for p in parts]).mean(0)
+
+
+@contextmanager
+def armed_layers(layer_modules: list[nn.Module], make_request) -> Iterator[LayerMean]:
+    """Arm ``make_request()`` on each of ``layer_modules``' attention for the forward passes inside the block; the
+    capture costs one ``q · K^T`` per layer and row."""
+    with contextlib.ExitStack() as stack:
+        yield LayerMean([stack.enter_context(armed(m.self_attn, make_request())) for m in layer_modules])
 
 
 def response_rows(prompt_len: int, response_mask: torch.Tensor, alignment: RowAlignment = "paper") -> torch.Tensor:

@@ -24,8 +24,10 @@ from ral_dist.models.capture import (
     CAPTURE_CHUNK_ROWS,
     CaptureRequest,
     DecodeCapture,
+    LayerMean,
     RowAlignment,
-    armed,
+    armed_layers,
+    layer_indices,
     response_rows,
 )
 
@@ -125,10 +127,17 @@ def response_logprobs(lm_head: nn.Module, hidden: torch.Tensor, ids: torch.Tenso
     return torch.cat(parts).view_as(ids)
 
 
+def capture_layers(adapter: VLMAdapter, model, layers: Sequence[int]) -> list[nn.Module]:
+    """The decoder layers of ``attention.layers`` whose attention policy is captured (default: the last)."""
+    all_layers = adapter.language_layers(model)
+    return [all_layers[i] for i in layer_indices(layers, len(all_layers))]
+
+
 def forward_responses(adapter: VLMAdapter, model, prompts: PromptBatch, response_ids: torch.Tensor,
                       response_mask: torch.Tensor, pad_token_id: int, temperature: float = 1.0, *,
                       banned: Sequence[int], capture: bool = True, capture_question: bool = False, alignment: RowAlignment = "paper",
-                      keep_logits: bool = False, chunk_rows: int = CAPTURE_CHUNK_ROWS) -> ResponseForward:
+                      keep_logits: bool = False, chunk_rows: int = CAPTURE_CHUNK_ROWS,
+                      layers: Sequence[int] = (-1,)) -> ResponseForward:
     """One forward over prompt + response: per-token log-probs (`token_log_softmax` with ``temperature`` and
     ``banned``: the adapter's `banned_token_ids`, required so that no caller scores another distribution) and (optionally) the attention policy rows and the response
     logits. Runs with whatever grad mode the caller set (no grad in rollouts, with grad in the learner).
@@ -139,10 +148,10 @@ def forward_responses(adapter: VLMAdapter, model, prompts: PromptBatch, response
     q_rows = pad_positions(prompts.question_positions).to(response_ids.device) if capture_question else None
     if capture and capture_question:
         rows = torch.cat([rows, q_rows], dim=1)
-    attn_module = adapter.language_layers(model)[-1].self_attn
-    request = CaptureRequest(rows, inputs["attention_mask"], chunk_rows) if rows is not None else None
-    with armed(attn_module, request) if request is not None else contextlib.nullcontext(), \
-            _LastHiddenState(model) as kept:
+    capture_rows = (armed_layers(capture_layers(adapter, model, layers),
+                                 lambda: CaptureRequest(rows, inputs["attention_mask"], chunk_rows))
+                    if rows is not None else contextlib.nullcontext())
+    with capture_rows as request, _LastHiddenState(model) as kept:
         model(**inputs, use_cache=False, logits_to_keep=1)  # the one logit row: its cost, not the whole sequence's
     # the hidden state at position P-1+i predicts response token i
     hidden = kept.hidden[:, P - 1 : P - 1 + R]
@@ -170,7 +179,7 @@ class _FirstEosFed(StoppingCriteria):
         return torch.isin(input_ids[:, self.prompt_len : -1], self.eos_ids.to(input_ids.device)).any(1)
 
 
-def decoded_rows(request: DecodeCapture, n_resp: int, alignment: RowAlignment) -> torch.Tensor:
+def decoded_rows(request: LayerMean, n_resp: int, alignment: RowAlignment) -> torch.Tensor:
     """[B, n_resp, P + n_resp] policy rows of the response tokens from a decode capture (zeros where never fed)."""
     seq = request.key_mask.shape[1] + n_resp
     steps = [s[:, 0] for s in request.steps]
@@ -195,7 +204,7 @@ def _sampled_logprobs(logits: torch.Tensor, ids: torch.Tensor, temperature: floa
 def generate(adapter: VLMAdapter, model, processor, prompts: list[VisualPrompt], *, num_samples: int = 1,
              max_new_tokens: int = 32, temperature: float = 1.0, top_p: float = 1.0, greedy: bool = False,
              capture: bool = True, capture_question: bool = False, alignment: RowAlignment = "paper",
-             seed: int | None = None) -> Generation:
+             seed: int | None = None, layers: Sequence[int] = (-1,)) -> Generation:
     """Sample ``num_samples`` responses per prompt (rows ordered prompt-major: p0 x G, p1 x G, ...).
 
     Log-probs and attention rows come from the sampling passes themselves (no second forward): the log-probs of
@@ -218,8 +227,7 @@ def generate(adapter: VLMAdapter, model, processor, prompts: list[VisualPrompt],
     last = torch.full((len(expanded), 1), P - 1, dtype=torch.long)
     device = model.device  # the inputs and the capture live where the model runs; the result comes back to the CPU
     inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.inputs.items()}
-    request = DecodeCapture((last if q_rows is None else torch.cat([q_rows, last], 1)).to(device),
-                            inputs["attention_mask"].bool())
+    capture_rows = (last if q_rows is None else torch.cat([q_rows, last], 1)).to(device)
     # eos_token_id=[]: none of transformers' own EOS stopping, which ends a row before its EOS is fed back (see
     # _FirstEosFed); None would take the model's default.
     banned = adapter.banned_token_ids(processor)
@@ -227,8 +235,10 @@ def generate(adapter: VLMAdapter, model, processor, prompts: list[VisualPrompt],
                               max_new_tokens=max_new_tokens + int(capture), suppress_tokens=banned,
                               return_dict_in_generate=True, output_logits=True, **sampling)
     t0 = time.perf_counter()
-    attn_module = adapter.language_layers(model)[-1].self_attn
-    with armed(attn_module, request) if capture else contextlib.nullcontext():
+    decode = (armed_layers(capture_layers(adapter, model, layers),
+                           lambda: DecodeCapture(capture_rows, inputs["attention_mask"].bool()))
+              if capture else contextlib.nullcontext())
+    with decode as request:
         out = model.generate(**inputs, generation_config=config,
                              stopping_criteria=StoppingCriteriaList([_FirstEosFed(P, eos)]))
     t1 = time.perf_counter()

@@ -203,7 +203,8 @@ class VLLMEngine:
         ids, mask = response_ids.to(device), response_mask.to(device)
         out = forward_responses(self.adapter, self.model, on_device, ids, mask, self.processor.tokenizer.pad_token_id,
                                 temperature=1.0 if greedy else temperature, banned=self.banned, capture=True,
-                                capture_question=capture_question, alignment=alignment, keep_logits=True)
+                                capture_question=capture_question, alignment=alignment, keep_logits=True,
+                                layers=self.cfg.attention.layers)
         hf = sampling_logprobs(out.logits, ids, temperature, self.banned, greedy, self._top_p_fn(top_p, greedy))
         self.stats = mismatch_stats(engine_logprobs, hf.cpu(), response_mask)
         q_attention = out.question_attention.float().cpu() if out.question_attention is not None else None
