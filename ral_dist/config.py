@@ -304,6 +304,20 @@ class RLJobConfig(Strict):
         return self
 
     @property
+    def learner_captures(self) -> bool:
+        """Whether the learner computes the attention policy rows: only for its attention term (lambda_attn > 0).
+        Plain GRPO (lambda_attn 0) computes none, in the learner or (`rollout_captures`) the rollout."""
+        return self.learner.lambda_attn > 0
+
+    @property
+    def rollout_captures(self) -> bool:
+        """Whether a rollout computes the behaviour policy's attention rows: for p_old (the learner's attention
+        term) or an attention reward term of non-zero weight. Heatmaps and validation capture on their own."""
+        weights = self.reward.weights
+        return self.learner_captures or any(term.needs_attention and weights.get(name, 0.0) != 0
+                                            for name, term in REWARD_TERMS.items())
+
+    @property
     def updates_per_rollout_batch(self) -> int:
         return self.learner.ppo_epochs * self.learner.num_minibatches
 
@@ -364,6 +378,16 @@ class DistillJobConfig(RLJobConfig):
             raise ValueError(f"teacher.queue_size ({self.teacher.queue_size}) must be >= rollout.num_workers "
                              f"({self.rollout.num_workers}), the teacher calls of one step")
         return self
+
+    # The student's rows are always computed: the teacher's targets are checked against their shape, and the
+    # attention distillation term (distill.gamma_attn) reads them.
+    @property
+    def learner_captures(self) -> bool:
+        return True
+
+    @property
+    def rollout_captures(self) -> bool:
+        return True
 
 
 C = TypeVar("C", bound=BaseModel)

@@ -239,3 +239,40 @@ def test_checkpoint_round_trip_restores_version_weights_and_optimizer(port, traj
     model, processor = adapter.load(tmp_path)
     for name, p in model.named_parameters():
         assert torch.equal(p, pa[name]), name
+
+
+def test_plain_grpo_computes_no_attention_anywhere(port, trajectories, advantages, monkeypatch):
+    """lambda_attn 0 and no attention reward term: neither the rollout nor the learner computes a single q·K^T row
+    (`RLJobConfig.rollout_captures` / `learner_captures`), and the update is exactly the one whose rows were
+    computed and unused."""
+    from ral_dist.models import capture
+
+    grpo = RLJobConfig.model_validate(_config(lambda_attn=0.0))
+    assert not grpo.rollout_captures and not grpo.learner_captures
+    ral = RLJobConfig.model_validate(_config(lambda_attn=1.0))
+    assert ral.rollout_captures and ral.learner_captures
+    rewarded = RLJobConfig.model_validate(_config(lambda_attn=0.0) | {"reward": {"weights": {"sparsity": 0.1}}})
+    assert rewarded.rollout_captures and not rewarded.learner_captures  # the reward reads the rollout's rows
+
+    calls = []
+    rows_attention_policy = capture.rows_attention_policy
+    monkeypatch.setattr(capture, "rows_attention_policy", lambda *a, **k: calls.append(1) or rows_attention_policy(*a, **k))
+    bare, _ = sampled_trajectories(G, mode=MODE, rewards=REWARDS, capture=grpo.rollout_captures)
+    assert calls == [] and all(t.behaviour.attention is None and t.behaviour.question_attention is None for t in bare)
+    for t, full in zip(bare, trajectories, strict=True):  # the same responses and log-probs as with the capture
+        assert torch.equal(t.response.ids, full.response.ids)
+        assert torch.allclose(t.behaviour.logprobs, full.behaviour.logprobs, rtol=0, atol=1e-6)
+    # the learner's comparison on identical inputs: the captured trajectories, their rows dropped
+    bare = [dataclasses.replace(t, behaviour=dataclasses.replace(t.behaviour, attention=None, question_attention=None))
+            for t in trajectories]
+    learner = _learner(port, lambda_attn=0.0, beta=0.04)
+    stats = learner.train_step(0, bare, advantages)
+    assert calls == [] and math.isnan(stats.attn_jsd) and stats.attn_loss == 0.0
+
+    monkeypatch.setattr(RLJobConfig, "learner_captures", property(lambda self: True))  # rows computed, unused
+    unused = _learner(port, lambda_attn=0.0, beta=0.04)
+    unused_stats = unused.train_step(0, trajectories, advantages)
+    assert calls and math.isfinite(unused_stats.attn_jsd)  # ~0: the first update, p_theta = p_old
+    assert (stats.loss, stats.policy_loss, stats.kl) == (unused_stats.loss, unused_stats.policy_loss, unused_stats.kl)
+    after, reference = _params(learner), _params(unused)
+    assert all(torch.equal(after[n], reference[n]) for n in after)

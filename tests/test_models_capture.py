@@ -5,7 +5,6 @@ import torch
 from PIL import Image, ImageDraw
 
 from ral_dist.models import VisualPrompt, append_response, get_adapter
-from ral_dist.models.generation import forward_responses, generate
 from ral_dist.models.capture import (
     ATTN_IMPLEMENTATION,
     capture_attention,
@@ -14,6 +13,7 @@ from ral_dist.models.capture import (
     response_rows,
     use_capture_attention,
 )
+from ral_dist.models.generation import forward_responses, generate
 
 FAMILIES = ["qwen2_5_vl", "qwen2_vl", "idefics3"]
 

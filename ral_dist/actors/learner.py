@@ -232,9 +232,11 @@ class Learner(LearnerWeights):
     def _measures(self, step: int) -> bool:
         return self.cfg.learner.lambda_attn > 0 and step % self.cfg.learner.attn_grad_norm_every == 0
 
-    def _forward(self, model, batch, capture: bool = True) -> ResponseForward:
+    def _forward(self, model, batch, capture: bool | None = None) -> ResponseForward:
+        """The current policy's forward over a batch; its attention rows only where consumed (``capture`` None:
+        `RLJobConfig.learner_captures`)."""
         rc = self.cfg.rollout
-        # Capture is cheap (response rows only) and gives attn_jsd even when lambda_attn == 0.
+        capture = self.cfg.learner_captures if capture is None else capture
         return forward_responses(self.adapter, model, batch.prompts, batch.response_ids, batch.response_mask,
                                  self.processor.tokenizer.pad_token_id, temperature=rc.temperature,
                                  banned=self.adapter.banned_token_ids(self.processor), capture=capture,
@@ -267,9 +269,9 @@ class Learner(LearnerWeights):
                 trajs = [shard.trajectories[i] for i in group or [first]]
                 batch = response_batch(self.adapter, self.processor, trajs, self.cfg.data).to(self.device)
                 fwd = self._forward(self.ds_engine.module, batch)
-                for i, t, lp, att in zip(group, trajs, batch.unpad(fwd.logprobs), batch.unpad(fwd.attention, keys=True),
-                                         strict=False):
-                    rows = t.behaviour.attention if keep[i] else att.detach().cpu()
+                rows_of = batch.unpad(fwd.attention, keys=True) if fwd.attention is not None else [None] * len(trajs)
+                for i, t, lp, att in zip(group, trajs, batch.unpad(fwd.logprobs), rows_of, strict=False):
+                    rows = t.behaviour.attention if keep[i] or att is None else att.detach().cpu()
                     behaviour = dataclasses.replace(t.behaviour, logprobs=lp.detach().float().cpu(), attention=rows)
                     replaced[i] = dataclasses.replace(t, behaviour=behaviour)
         return replaced
@@ -346,7 +348,8 @@ class Learner(LearnerWeights):
                 discard_gradients(self.ds_engine)
                 return None
             self.ds_engine.backward(terms.total * mb.weight)
-            values = (terms.total, terms.policy, terms.kl, terms.attn, terms.attn_jsd_mean, terms.clip_fraction,
+            jsd = terms.attn_jsd_mean if mb.batch.p_old is not None else float("nan")  # no rows: not measured
+            values = (terms.total, terms.policy, terms.kl, terms.attn, jsd, terms.clip_fraction,
                       terms.ratio_mean, *(extra[name] for name in self.extra_loss_stats))
             for name, v in zip(names, values, strict=True):
                 stats[name] += mb.weight * (float(v.detach()) if torch.is_tensor(v) else float(v))

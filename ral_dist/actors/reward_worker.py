@@ -49,8 +49,11 @@ class RewardWorker:
         metrics.count_start("reward")
 
     def _reward_one(self, t: Trajectory) -> RewardResult:
-        view = ResponseView(t.sample, t.response.text, t.response.ids, t.behaviour.attention.float(),
-                            t.behaviour.question_attention.float(), t.prompt.visual_positions, t.prompt.visual_grid,
+        b = t.behaviour
+        view = ResponseView(t.sample, t.response.text, t.response.ids,
+                            b.attention.float() if b.attention is not None else None,
+                            b.question_attention.float() if b.question_attention is not None else None,
+                            t.prompt.visual_positions, t.prompt.visual_grid,
                             t.prompt.temporal_patch, t.prompt.n_frames, self.tokenizer, self.cfg.data.prompt.mode)
         terms, notes = score_terms(view, self.terms)
         try:

@@ -198,8 +198,8 @@ class RolloutWorker:
         else:
             gen = generate(self.adapter, self.model, self.processor, prompts, num_samples=rc.group_size,
                            max_new_tokens=rc.max_new_tokens, temperature=rc.temperature, top_p=rc.top_p,
-                           capture=True, capture_question=True, alignment=rc.attention_rows, seed=seed,
-                           layers=self.cfg.attention.layers)
+                           capture=self.cfg.rollout_captures, capture_question=True, alignment=rc.attention_rows,
+                           seed=seed, layers=self.cfg.attention.layers)
         metrics.record_rollout(gen)
         expanded = [s for s in samples for _ in range(rc.group_size)]
         expanded_groups = [g for g in groups for _ in range(rc.group_size)]

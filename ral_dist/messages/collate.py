@@ -54,11 +54,11 @@ def trajectories_from_generation(gen: Generation, samples: list, groups: list[in
     prompt_lens = gen.prompts.inputs["attention_mask"].sum(1).tolist()
     lengths = gen.response_mask.sum(1).tolist()
     logprobs = unpad_rows(gen.logprobs, P, prompt_lens, lengths)
-    attention = unpad_rows(gen.attention, P, prompt_lens, lengths, keys=True)
+    attention = unpad_rows(gen.attention, P, prompt_lens, lengths, keys=True) if gen.attention is not None else None
     out = []
     for i, (p, n) in enumerate(zip(prompt_lens, lengths, strict=True)):
         off = P - p
-        q_rows = gen.question_attention[i][gen.question_rows[i] >= 0]
+        q_rows = gen.question_attention[i][gen.question_rows[i] >= 0] if attention is not None else None
         prompt = EncodedPrompt(sample=samples[i], group=groups[i], length=p,
                                visual_positions=gen.prompts.visual_positions[i] - off,
                                question_positions=gen.prompts.question_positions[i] - off,
@@ -67,8 +67,9 @@ def trajectories_from_generation(gen: Generation, samples: list, groups: list[in
         response = Response(ids=gen.response_ids[i, :n].clone(), text=gen.texts[i],
                             truncated=n == max_new_tokens and n == gen.response_ids.shape[1])
         behaviour = BehaviourPolicy(version=version, logprobs=logprobs[i].float().clone(),
-                                    attention=attention[i].to(wire_dtype).clone(),
-                                    question_attention=q_rows[:, off:P].to(wire_dtype).clone())
+                                    attention=attention[i].to(wire_dtype).clone() if attention is not None else None,
+                                    question_attention=q_rows[:, off:P].to(wire_dtype).clone()
+                                    if q_rows is not None else None)
         out.append(Trajectory(prompt, response, behaviour))
     return out
 
@@ -138,7 +139,7 @@ class LearnerBatch(ResponseBatch):
     """A mini-batch as the learner's loss reads it."""
 
     old_logprobs: torch.Tensor  # [B, R]
-    p_old: torch.Tensor  # [B, R, P + R] fp32
+    p_old: torch.Tensor | None  # [B, R, P + R] fp32; None when the trajectories carry no rows (plain GRPO)
     advantages: torch.Tensor  # [B]
 
 
@@ -166,7 +167,7 @@ def learner_batch(adapter: VLMAdapter, processor, trajectories: list[Trajectory]
     rb = response_batch(adapter, processor, trajectories, data)
     B, R = rb.response_ids.shape
     old_logprobs = rb.pad([t.behaviour.logprobs for t in trajectories], torch.zeros((B, R)))
-    p_old = rb.pad([t.behaviour.attention for t in trajectories], torch.zeros((B, R, rb.prompts.prompt_len + R)),
-                   keys=True)
+    p_old = (rb.pad([t.behaviour.attention for t in trajectories], torch.zeros((B, R, rb.prompts.prompt_len + R)),
+                    keys=True) if all(t.behaviour.attention is not None for t in trajectories) else None)
     return LearnerBatch(**{f.name: getattr(rb, f.name) for f in dataclasses.fields(rb)}, old_logprobs=old_logprobs,
                         p_old=p_old, advantages=torch.tensor(list(advantages), dtype=torch.float32))

@@ -43,8 +43,9 @@ class BehaviourPolicy:
 
     version: int  # policy version of those weights
     logprobs: torch.Tensor  # [R] fp32, of logits / temperature
-    attention: torch.Tensor  # [R, P + R] attention policy rows of the response tokens (rollout.attention_wire_dtype)
-    question_attention: torch.Tensor  # [Q, P] rows of the question tokens (the consistency reward)
+    # None when nothing consumes them (`RLJobConfig.rollout_captures`: plain GRPO without attention rewards)
+    attention: torch.Tensor | None  # [R, P + R] attention policy rows of the response tokens (attention_wire_dtype)
+    question_attention: torch.Tensor | None  # [Q, P] rows of the question tokens (the consistency reward)
 
 
 @dataclass(frozen=True)

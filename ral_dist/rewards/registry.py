@@ -118,6 +118,9 @@ def score_terms(response: ResponseView, terms: Mapping[str, RewardTerm] = REWARD
     """Every term of one response, and why a term scored 0 where it could not be computed."""
     values, notes = {}, {}
     for name, term in terms.items():
+        if term.needs_attention and response.attention is None:  # weighted 0 (the config captures otherwise)
+            values[name], notes[name] = 0.0, "not_captured"
+            continue
         try:
             score = term.score(response)
         except Exception as exc:  # noqa: BLE001 — what the view could not provide (a malformed sample) scores 0

@@ -19,8 +19,9 @@ class ResponseView:
     sample: Sample  # the prompt's sample: ground-truth answer and regions
     text: str  # the decoded response
     response_ids: torch.Tensor  # [R] the response tokens, up to and including EOS (no padding)
-    attention: torch.Tensor  # [R, K] fp32 attention policy rows of the response tokens (RAL.md §1)
-    question_attention: torch.Tensor  # [Q, K'] rows of the question's tokens, same layer (K' <= K)
+    attention: torch.Tensor | None  # [R, K] fp32 attention policy rows of the response tokens (RAL.md §1); None:
+    # not captured (nothing in the run consumes them)
+    question_attention: torch.Tensor | None  # [Q, K'] rows of the question's tokens, same layers (K' <= K)
     visual_positions: torch.Tensor  # [V] columns of the visual tokens, order (t, row, col)
     visual_grid: tuple[int, int, int]  # (t, rows, cols) of those visual tokens
     temporal_patch: int  # frames per visual token-frame
@@ -40,8 +41,9 @@ class ResponseView:
 
     def grounding(self) -> dict[str, float]:
         """attention_on_target: the answer rows' visual attention mass inside the ground-truth regions (over the
-        rows' visual mass); target_fraction: its value under uniform attention (chance). NaN without regions."""
-        if not self.sample.regions:
+        rows' visual mass); target_fraction: its value under uniform attention (chance). NaN without regions (or
+        rows)."""
+        if not self.sample.regions or self.attention is None:
             return {"attention_on_target": math.nan, "target_fraction": math.nan}
         region = region_token_mask(self.sample.regions, self.n_frames, self.sample.frame_hw, self.visual_grid,
                                    self.temporal_patch)

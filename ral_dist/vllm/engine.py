@@ -127,11 +127,11 @@ class VLLMEngine:
     def generate(self, prompts: list[VisualPrompt], *, num_samples: int = 1, max_new_tokens: int = 32,
                  temperature: float = 1.0, top_p: float = 1.0, greedy: bool = False, seed: int | None = None,
                  replica: bool = True, capture_question: bool = False, alignment: str = "paper",
-                 sampler_logprobs: bool = False) -> Generation:
+                 sampler_logprobs: bool = False, capture: bool = True) -> Generation:
         """Like `ral_dist.models.generation.generate` (rows prompt-major, G per prompt), sampled by vLLM.
         ``replica``: run the replica's forward (log-probs, attention rows, the mismatch metric); otherwise vLLM's
         log-probs and NaN maps. ``sampler_logprobs``: return vLLM's log-probs even when the replica runs (the maps
-        stay the replica's)."""
+        stay the replica's). ``capture``: the replica computes attention rows (none when nothing consumes them)."""
         self._usable()
         G, tok, family = num_samples, self.processor.tokenizer, self.adapter.family
         batch = self.adapter.encode(self.processor, [p for p in prompts for _ in range(G)])
@@ -168,7 +168,7 @@ class VLLMEngine:
         if replica:
             logprobs, attention, q_attention, q_rows = self._replica_forward(
                 batch, response_ids, response_mask, engine_logprobs, temperature, top_p, greedy, capture_question,
-                alignment)
+                alignment, capture)
             if sampler_logprobs:
                 logprobs = engine_logprobs * response_mask
         else:  # the learner recomputes p_old and the old log-probs (attention_on: learner)
@@ -191,10 +191,11 @@ class VLLMEngine:
                              temperature=rc.temperature, top_p=rc.top_p,
                              replica=rc.resolved_attention_on == "rollout", capture_question=True,
                              alignment=rc.attention_rows,
-                             sampler_logprobs=self.cfg.learner.old_policy == "recompute", seed=seed)
+                             sampler_logprobs=self.cfg.learner.old_policy == "recompute", seed=seed,
+                             capture=self.cfg.rollout_captures)
 
     def _replica_forward(self, batch, response_ids, response_mask, engine_logprobs, temperature, top_p, greedy,
-                         capture_question, alignment):
+                         capture_question, alignment, capture):
         """The replica's pass over the finished sequences, on its device: (log-probs, attention rows, question
         rows, their positions) on the CPU; its logits also give the mismatch metric."""
         device = next(self.model.parameters()).device
@@ -202,14 +203,15 @@ class VLLMEngine:
                                                        for k, v in batch.inputs.items()})
         ids, mask = response_ids.to(device), response_mask.to(device)
         out = forward_responses(self.adapter, self.model, on_device, ids, mask, self.processor.tokenizer.pad_token_id,
-                                temperature=1.0 if greedy else temperature, banned=self.banned, capture=True,
-                                capture_question=capture_question, alignment=alignment, keep_logits=True,
+                                temperature=1.0 if greedy else temperature, banned=self.banned, capture=capture,
+                                capture_question=capture_question and capture, alignment=alignment, keep_logits=True,
                                 layers=self.cfg.attention.layers)
         hf = sampling_logprobs(out.logits, ids, temperature, self.banned, greedy, self._top_p_fn(top_p, greedy))
         self.stats = mismatch_stats(engine_logprobs, hf.cpu(), response_mask)
         q_attention = out.question_attention.float().cpu() if out.question_attention is not None else None
         q_rows = out.question_rows.cpu() if out.question_rows is not None else None
-        return out.logprobs.float().cpu(), out.attention.float().cpu(), q_attention, q_rows
+        attention = out.attention.float().cpu() if out.attention is not None else None
+        return out.logprobs.float().cpu(), attention, q_attention, q_rows
 
     # ------------------------------------------------------------------ weights
     def load_state_dict(self, version: int, state_dict: dict[str, torch.Tensor]) -> tuple[dict[str, Digest], float]:
