@@ -41,7 +41,13 @@ class ModelConfig(Strict):
     freeze_vision: bool = Field(False, description="freeze the vision tower (the paper does; tiny models train it)")
     gradient_checkpointing: bool = Field(
         False, description="learner: recompute each decoder layer's activations in the backward instead of keeping "
-                           "them (the last layer, whose attention is captured, keeps its own)")
+                           "them (a layer whose attention is captured keeps the q and k of its first forward)")
+    numerics: Literal["portable", "native"] = Field(
+        "portable", description="portable: every process of the job computes with the kernels every x86 CPU of the "
+                                "last decade has (torch's AVX2 kernels, MKL's and oneDNN's AVX2 paths), so the same "
+                                "code, config and seed give the same numbers on another machine; native: each takes "
+                                "its CPU's best (faster on AVX-512 machines, not comparable across CPUs). "
+                                "ral_dist/runtime/environment.py; RUN/environment.json records what each ran with")
 
 
 class SFTTrainConfig(Strict):

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ral_dist.config import ConfigError, RLJobConfig, load_config
+from ral_dist.runtime.environment import ensure_numerics, job_record, record_start
 from ral_dist.vllm.config_check import check_vllm_config
 
 
@@ -101,6 +102,10 @@ def _run_with_recovery(controller_cls: type, cfg: RLJobConfig, run_dir, train: l
         ctl = controller_cls(cfg, run_dir, train, heatmap_samples, attempt)
         try:
             ctl.start()
+            changed = record_start(run_dir.path, job_record(cfg, ctl.environments()))
+            if changed:
+                print(f"[ral] WARNING: this start's environment differs from the run's first (RUN/environment.json): "
+                      f"{'; '.join(changed[:12])}", flush=True)
             start_step = 0
             if resume:
                 checkpoint = run_dir.latest_checkpoint()
@@ -143,6 +148,7 @@ def main(kind: JobKind, root: Path, argv: list[str] | None = None, doc: str | No
     except ConfigError as exc:
         raise SystemExit(f"error: {exc}") from None
     _warn_about(cfg)
+    ensure_numerics(cfg.model.numerics)  # the driver computes too (the advantages)
 
     import ray
 
@@ -156,7 +162,7 @@ def main(kind: JobKind, root: Path, argv: list[str] | None = None, doc: str | No
     train, heatmap_samples, data_dir = _load_data(cfg, run_dir)
     if not args.resume:
         run_dir.write_config(cfg)
-    connect()
+    connect(numerics=cfg.model.numerics)
     check_at_start(cfg, run_dir.path)  # before any actor: a config that cannot fit stops here, naming the role
     print(f"[ral] run dir {run_dir.path} | Ray job {ray.get_runtime_context().get_job_id()} | data {data_dir} "
           f"({len(train)} train)", flush=True)

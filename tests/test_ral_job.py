@@ -54,6 +54,14 @@ def test_tiny_job_through_ray_job_submit_then_resume(ray_head, tmp_path):
     assert [r["policy_version"] for r in records] == [1, 2, 3, 4, 5]
     assert [r["staleness_max"] for r in records[3:]] == [0, 1]
     assert all(r["weights_in_sync"] for r in records)
+    # RUN/environment.json: one record per start, each process under the portable numerics (model.numerics)
+    starts = json.loads((run_dir / "environment.json").read_text())["starts"]
+    assert len(starts) == 2 and "differs from the run's first" not in log  # the same machine: nothing changed
+    for start in starts:
+        for role in ("driver", "learner", "rollout"):
+            assert start[role]["numerics_env"]["ATEN_CPU_CAPABILITY"] == "avx2", (role, start[role])
+            assert start[role]["torch"]["cpu_capability"] in ("AVX2", "DEFAULT") and start[role]["libraries"]["torch"]
+        assert start["start_weights"] is None and start["code"]["commit"]  # a tiny random model; this checkout
 
 
 def test_zero3_job_on_two_ranks_with_micro_batches(ray_head, tmp_path):

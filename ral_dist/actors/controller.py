@@ -124,6 +124,13 @@ class Controller:
         wait_all([w.get_version.remote() for w in self.rollouts], "rollout workers to start", c.run.timeout_s)
         self.transport.connect(self.learners, self.rollouts, c.run.timeout_s)  # broadcast modes: form the group
 
+    def environments(self) -> dict[str, dict]:
+        """The environment (`ral_dist.runtime.environment.process_environment`) of one actor of each role."""
+        roles = {"learner": self.learners[0], "rollout": self.rollouts[0]}
+        found = wait_all([actor.environment.remote() for actor in roles.values()], "the actors' environments",
+                         self.cfg.run.timeout_s)
+        return dict(zip(roles, found, strict=True))
+
     def _extra_bundles(self) -> list[dict]:
         """Bundles of a subclass's further actors, placed after the RL roles' in the same placement group."""
         return []

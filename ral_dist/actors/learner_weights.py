@@ -12,6 +12,7 @@ import torch.distributed as dist
 
 from ral_dist.runtime.checkpoints import fsync_tree
 from ral_dist.runtime.deepspeed_setup import full_state_dict, param_digest
+from ral_dist.runtime.environment import process_environment
 
 
 class LearnerWeights:
@@ -24,6 +25,10 @@ class LearnerWeights:
         if self.rank != 0:
             return None
         return {k: v.detach().cpu() for k, v in state.items()}
+
+    def environment(self) -> dict:
+        """This rank's libraries, CPU and numerics (`ral_dist.runtime.environment`)."""
+        return process_environment()
 
     def state_nbytes(self) -> int:
         """Bytes of one weight sync: every parameter in model.dtype (under ZeRO-3 the full sizes, not the shards)."""

@@ -37,6 +37,7 @@ from ral_dist.models.prompting import visual_prompt
 from ral_dist.rewards import reward_terms
 from ral_dist.runtime import metrics
 from ral_dist.runtime.devices import actor_device, assigned_gpu_ids, compute_dtype
+from ral_dist.runtime.environment import process_environment
 from ral_dist.vllm.sync_plan import sync_plan
 from ral_dist.vllm.weight_digest import SyncCheck, state_digest
 
@@ -258,3 +259,6 @@ class RolloutWorker:
 
     def get_version(self) -> int:
         return self.version
+
+    def environment(self) -> dict:
+        return process_environment()

@@ -8,6 +8,7 @@ import time
 import ray
 
 from ral_dist.paths import torch_extensions_dir
+from ral_dist.runtime.environment import numerics_env
 
 # Environment every Ray worker of ours needs (no DeepSpeed op builds, the cached JIT ops, no usage reporting). Never
 # DS_ACCELERATOR: each actor decides it from its own device (ral_dist.runtime.devices).
@@ -17,17 +18,19 @@ WORKER_ENV_KEYS = ("DS_BUILD_OPS", "TORCH_EXTENSIONS_DIR", "RAL_DIST_CACHE", "RA
 NAMESPACE = "ral_dist"  # the job's named actors (ral-<run>-<role>-<i>) live here
 
 
-def worker_env() -> dict[str, str]:
+def worker_env(numerics: str = "portable") -> dict[str, str]:
+    """The environment of every Ray worker of the job (``numerics``: ``model.numerics``)."""
     env = {"DS_BUILD_OPS": "0", "RAY_USAGE_STATS_ENABLED": "0", "TORCH_EXTENSIONS_DIR": torch_extensions_dir()}
     env.update({k: os.environ[k] for k in WORKER_ENV_KEYS if k in os.environ})
-    return env
+    return env | numerics_env(numerics)
 
 
-def connect(num_cpus: int | None = None) -> None:
-    """``ray job submit`` (RAY_ADDRESS set) joins that cluster; otherwise a local cluster on 127.0.0.1."""
+def connect(num_cpus: int | None = None, numerics: str = "portable") -> None:
+    """``ray job submit`` (RAY_ADDRESS set) joins that cluster; otherwise a local cluster on 127.0.0.1. Every worker
+    of the job computes under ``numerics`` (`ral_dist.runtime.environment`)."""
     if ray.is_initialized():
         return
-    runtime_env = {"env_vars": worker_env()}
+    runtime_env = {"env_vars": worker_env(numerics)}
     if os.environ.get("RAY_ADDRESS"):
         ray.init(namespace=NAMESPACE, runtime_env=runtime_env, log_to_driver=True)
     else:

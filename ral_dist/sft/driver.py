@@ -45,13 +45,15 @@ def train_or_reuse(cfg: SFTJobConfig, output: Path | None = None, force: bool = 
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from ral_dist.data.readers import split_path
+    from ral_dist.runtime.environment import ensure_numerics
     from ral_dist.runtime.ray_cluster import connect
     from ral_dist.sft.trainer import sft_train_loop
 
     data_dir = split_path(cfg.data, "train")  # generated here once, when it is the synthetic task
     print(f"[sft] data {data_dir}; {cfg.train.steps} steps x batch {cfg.train.batch_size} on "
           f"{cfg.train.num_workers} workers (ZeRO-{cfg.train.zero_stage}) -> {output}", flush=True)
-    connect()
+    ensure_numerics(cfg.model.numerics)
+    connect(numerics=cfg.model.numerics)
     t0 = time.time()
     trainer = TorchTrainer(
         sft_train_loop,
