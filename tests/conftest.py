@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 import torch.distributed as dist
 
+from ral_dist.runtime.environment import PORTABLE_NUMERICS
+
 ROOT = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).parent / "ray")
 
@@ -165,8 +167,10 @@ def ray_head():
     """A real Ray head on loopback with token authentication for one test module, stopped at its end."""
     dashboard, gcs = free_port(), free_port()
     temp_dir = tempfile.mkdtemp(prefix="rayt", dir="/tmp")  # short: Ray's socket paths live under it
+    # the portable numerics already in the head's environment: job drivers then start under them without the
+    # restart ensure_numerics makes (tested in tests/test_environment.py and by the README's blocks)
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token",
-           "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+           "RAY_AUTH_TOKEN": secrets.token_hex(32), **PORTABLE_NUMERICS}
     env.pop("RAY_ADDRESS", None)
     cmd = [RAY, "start", "--head", f"--port={gcs}", "--node-ip-address=127.0.0.1", "--num-cpus=2",
            "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
