@@ -7,7 +7,8 @@ the same seed, train in turn on the same rollout batch (trajectories sampled onc
   ral_norm     lambda_attn = 1 on a step that also logs the attention term's own gradient norm (RAL.md §3: an
                extra ``autograd.grad`` through the graph; ``learner.attn_grad_norm_every: 1``)
   ral          lambda_attn = 1 on the steps between those measurements
-  grpo         lambda_attn = 0 (the capture still runs: the learner logs attn_jsd in both modes)
+  grpo         lambda_attn = 0: plain GRPO, as the job runs it: no attention rows anywhere (the trajectories carry
+               none, the learner captures none; `RLJobConfig.rollout_captures` / `learner_captures`)
 
 The job's default measures the norm on every 10th step (``learner.attn_grad_norm_every``), so its RAL learner
 costs (9 ral + 1 ral_norm) / 10 per step: the figure "RAL at the default" is that mix of each round's times.
@@ -21,6 +22,7 @@ on the 2-rank job's. Goal: ral / grpo <= 1.15.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import socket
 
 import common
@@ -54,25 +56,30 @@ def main(argv=None) -> dict:
     repeats = 4 if args.quick else args.repeats
 
     port = free_port()
-    learners = {}
+    learners, configs = {}, {}
     for name, lam in VARIANTS.items():
         cfg = common.tiny_config(learner={"num_ranks": 1, "zero_stage": args.zero_stage, "lambda_attn": lam,
                                           "num_minibatches": args.minibatches,
                                           "attn_grad_norm_every": NORM_EVERY[name]})
         learners[name] = Learner(0, 1, "127.0.0.1", port, cfg.model_dump(mode="json"), threads=1)
+        configs[name] = cfg
 
+    cfg = configs["ral"]  # a RAL rollout: the trajectories carry the behaviour policy's rows (p_old)
     worker = RolloutWorker(0, cfg.model_dump(mode="json"), threads=1)
     samples = common.train_samples(cfg, args.prompts)
     trajs = worker._sample(0, samples, list(range(args.prompts)))
     G = cfg.rollout.group_size
     rewards = torch.Generator().manual_seed(0)
     advantages = group_advantages(torch.rand(len(trajs), generator=rewards), G).tolist()
+    bare = [dataclasses.replace(t, behaviour=dataclasses.replace(t.behaviour, attention=None, question_attention=None))
+            for t in trajs]  # what a GRPO job's rollout sends
+    inputs = {k: bare if VARIANTS[k] == 0 else trajs for k in VARIANTS}
     stats: dict[str, list[LearnerStepStats]] = {k: [] for k in VARIANTS}
     step = {k: 0 for k in VARIANTS}
 
     def train(name):
         def run():
-            stats[name].append(learners[name].train_step(step[name], trajs, advantages))
+            stats[name].append(learners[name].train_step(step[name], inputs[name], advantages))
             step[name] += 1
         return run
 

@@ -342,13 +342,15 @@ class Learner(LearnerWeights):
         for k, mb in enumerate(parts):
             self.ds_engine.set_gradient_accumulation_boundary(k == len(parts) - 1)
             # Through the engine (not engine.module) so DeepSpeed's backward hooks see this forward.
-            terms, extra = self.compute_loss(mb, self._forward(self.ds_engine, mb.batch))
+            forward = self._forward(self.ds_engine, mb.batch)
+            terms, extra = self.compute_loss(mb, forward)
             if not self._all_finite(terms.total):
                 # A NaN/inf advantage or old log-prob would poison the weights; drop this update on all ranks.
                 discard_gradients(self.ds_engine)
                 return None
             self.ds_engine.backward(terms.total * mb.weight)
-            jsd = terms.attn_jsd_mean if mb.batch.p_old is not None else float("nan")  # no rows: not measured
+            measured = forward.attention is not None and mb.batch.p_old is not None
+            jsd = terms.attn_jsd_mean if measured else float("nan")  # no rows (plain GRPO): not measured
             values = (terms.total, terms.policy, terms.kl, terms.attn, jsd, terms.clip_fraction,
                       terms.ratio_mean, *(extra[name] for name in self.extra_loss_stats))
             for name, v in zip(names, values, strict=True):
