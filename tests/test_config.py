@@ -37,3 +37,29 @@ def test_yaml_never_evaluates_code(tmp_path):
 def test_malformed_override_is_rejected():
     with pytest.raises(ConfigError, match="key.path=value"):
         load_config(SFTJobConfig, None, ["train.steps"])
+
+
+@pytest.mark.parametrize(("override", "field"), [
+    ("placement.strategy=STRICT_PACK", "placement.strategy"),
+    ("placement.rollout.strategy=EVERYWHERE", "placement.rollout.strategy"),
+    ("placement.learner.node_labels={'bad key!': learners}", "placement.learner.node_labels"),
+    ("placement.reward.node_labels={ray.io/node-group: '!!cpu'}", "placement.reward.node_labels"),
+    ("placement.rollout.nodes=2", "placement.rollout.nodes"),
+    ("placement.wait_timeout_s=0", "placement.wait_timeout_s"),
+])
+def test_bad_placement_names_the_field(override, field):
+    from ral_dist.config import RLJobConfig
+
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        load_config(RLJobConfig, CONFIGS / "tiny_cpu.yaml", [override])
+
+
+def test_placement_per_role_with_label_operators():
+    from ral_dist.config import DistillJobConfig
+
+    cfg = load_config(DistillJobConfig, None, ["placement.strategy=SPREAD", "placement.learner.strategy=PACK",
+                                               "placement.rollout.node_labels={ray.io/node-group: 'in(gpu,spare)'}",
+                                               "placement.teacher.node_labels={ray.io/node-group: '!cpu'}"])
+    assert cfg.placement.role("learner") == ("PACK", {})
+    assert cfg.placement.role("rollout") == ("SPREAD", {"ray.io/node-group": "in(gpu,spare)"})
+    assert cfg.placement.role("teacher") == ("SPREAD", {"ray.io/node-group": "!cpu"})
