@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
 import subprocess
@@ -55,6 +56,12 @@ class MultiNodeCluster(RayHead):
         never by name: other clusters on this machine are untouched)."""
         stop_head(self.temp_dirs[name])
 
+    def job_log(self, job_id: str) -> str:
+        """The job driver's log as written so far, read from the head's session directory: a file read, fast
+        enough to poll between steps of the tiny job (`ray job logs` takes seconds)."""
+        path = Path(self.temp_dirs["head"]) / "session_latest" / "logs" / f"job-driver-{job_id}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
     def alive_nodes(self) -> dict[str, str]:
         """node name (our ral-test/node label) -> node id, of the alive nodes."""
         nodes = self.state("nodes")
@@ -72,13 +79,15 @@ class MultiNodeCluster(RayHead):
         return json.loads(proc.stdout)
 
     def actors_by_role(self, run_name: str, state: str | None = None) -> dict[str, list[str]]:
-        """role -> node names of the job's actors (``ral-<run>[-rN]-<role>-<i>``), optionally in one state."""
+        """role -> node names of one controller's actors (``ral-<run_name>-<role>-<i>``: a recovered controller's
+        run_name has its ``-r<N>``), optionally in one state."""
         names = self.node_names()
+        pattern = re.compile(rf"ral-{re.escape(run_name)}-([a-z]+)-\d+")
         out: dict[str, list[str]] = {}
         for actor in self.state("actors"):
-            name = actor.get("name") or ""
-            if name.startswith(f"ral-{run_name}-") and (state is None or actor["state"] == state):
-                out.setdefault(name.split("-")[-2], []).append(names.get(actor["node_id"]))
+            match = pattern.fullmatch(actor.get("name") or "")
+            if match and (state is None or actor["state"] == state):
+                out.setdefault(match.group(1), []).append(names.get(actor["node_id"]))
         return out
 
     @staticmethod

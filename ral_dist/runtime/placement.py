@@ -72,7 +72,7 @@ def place_roles(roles: list[tuple[str, list[dict]]], cfg: PlacementConfig, timeo
     placed = RolePlacements()
     for role, bundles in roles:
         strategy, labels = cfg.role(role)
-        placed.groups[role] = placement_group(bundles, strategy=strategy, name="",
+        placed.groups[role] = placement_group(bundles, strategy=strategy,
                                               bundle_label_selector=[labels] * len(bundles) if labels else None)
     deadline = time.time() + timeout_s
     for role, bundles in roles:
