@@ -13,6 +13,7 @@ from multinode import MultiNodeCluster, cluster_env, records
 from tiny_job import TINY_JOB
 
 from ral_dist.paths import torch_extensions_dir
+from ral_dist.runtime.deepspeed_setup import prebuild_ops
 
 OP = "deepspeed_shm_comm"
 PLACEMENT = {
@@ -31,6 +32,8 @@ def cluster(tmp_path_factory):
     """head (2 CPUs, group head: reward workers, the driver), learner (1 CPU), rollout (1 CPU). DeepSpeed's
     JIT ops come from a copy of this environment's, with torch's build lock planted as a killed build leaves it."""
     extensions = tmp_path_factory.mktemp("ext")
+    if not (Path(torch_extensions_dir()) / OP / f"{OP}.so").exists():  # `make setup` builds it; a bare venv may not
+        prebuild_ops()
     shutil.copytree(Path(torch_extensions_dir()) / OP, extensions / OP,
                     ignore=shutil.ignore_patterns("lock", ".ral-build.flock", "ral_build.json"))
     (extensions / OP / "lock").touch()
