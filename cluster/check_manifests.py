@@ -13,8 +13,10 @@ Two checks, both offline:
 
 2. Consistency: each RayJob's entrypoint names a job config (``--config``, ``--set``); its placement-group bundles
    (learner ranks, rollout workers, reward workers, and any other role section of the config: one with
-   ``num_workers``/``num_ranks`` and ``cpus_per_*``/``gpus_per_*``) must bin-pack into the pods of the worker group
-   of the same name, with the CPUs, GPUs and custom resources Ray will see on each pod (rayStartParams, else the
+   ``num_workers``/``num_ranks`` and ``cpus_per_*``/``gpus_per_*``) must bin-pack into the pods of the worker groups
+   whose Ray node labels match the role's ``placement.<role>.node_labels`` (a group's labels: KubeRay's
+   ``ray.io/node-group`` = its name, its ``labels`` and rayStartParams ``labels``; a selector that matches no group
+   is an error naming the field), or, for a role without labels, of the worker group of the same name, with the CPUs, GPUs and custom resources Ray will see on each pod (rayStartParams, else the
    container's limits, as KubeRay derives them). An ``sft:`` warm start also needs its Ray Train workers
    (``train.num_workers`` x 1 CPU) somewhere on the workers. The same configs must also fit the interactive
    RayCluster at its autoscaling maximum.
@@ -266,6 +268,34 @@ class Group:
     name: str
     pods: int
     per_pod: dict[str, float]
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+NODE_GROUP_LABEL = "ray.io/node-group"  # KubeRay sets it on every Ray node of a worker group to the group's name
+
+
+def group_labels(spec: dict) -> dict[str, str]:
+    """The Ray node labels of a worker group's pods: ``ray.io/node-group`` (KubeRay's, the group name), the
+    group's ``labels`` and rayStartParams ``labels`` (``k=v,k2=v2``, as ``ray start --labels`` takes them)."""
+    labels = {NODE_GROUP_LABEL: spec["groupName"], **(spec.get("labels") or {})}
+    raw = str((spec.get("rayStartParams") or {}).get("labels", "")).strip().strip('"')
+    for pair in filter(None, (p.strip() for p in raw.split(","))):
+        key, _, value = pair.partition("=")
+        labels[key.strip()] = value.strip()
+    return labels
+
+
+def selector_matches(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    """Ray's label-selector semantics: ``v`` equals, ``!v`` differs (or is absent), ``in(a,b)`` is one of them,
+    ``!in(a,b)`` is none of them (or absent)."""
+    for key, expr in selector.items():
+        negate = expr.startswith("!")
+        body = expr[1:] if negate else expr
+        values = {v.strip() for v in body[3:-1].split(",")} if body.startswith("in(") and body.endswith(")") \
+            else {body}
+        if (labels.get(key) in values) == negate:
+            return False
+    return True
 
 
 def cluster_groups(cluster_spec: dict, at_max: bool) -> list[Group]:
@@ -274,7 +304,8 @@ def cluster_groups(cluster_spec: dict, at_max: bool) -> list[Group]:
     groups = []
     for spec in cluster_spec.get("workerGroupSpecs") or []:
         count = spec.get("maxReplicas", 0) if at_max else spec.get("replicas", spec.get("minReplicas", 0))
-        groups.append(Group(spec["groupName"], int(count) * int(spec.get("numOfHosts", 1)), ray_pod_resources(spec)))
+        groups.append(Group(spec["groupName"], int(count) * int(spec.get("numOfHosts", 1)), ray_pod_resources(spec),
+                            group_labels(spec)))
     return groups
 
 
@@ -379,21 +410,34 @@ def load_job_config(ref: JobRef, extra_overrides: list[str] | None = None):
     return cfg_module.load_config(cls, config_path(ref), ref.overrides + list(extra_overrides or []))
 
 
+def _role_labels(config, role: str) -> dict[str, str]:
+    placement = getattr(config, "placement", None)
+    section = getattr(placement, role, None) if placement is not None else None
+    return dict(getattr(section, "node_labels", None) or {})
+
+
 def fit_problems(config, groups: list[Group], where: str) -> list[str]:
     """Why a job config does not fit those worker groups (empty: it fits)."""
     problems = []
     for role in config_roles(config):
         if role.count == 0:
             continue
-        group = next((g for g in groups if g.name == role.name), None)
-        if group is None:
-            problems.append(f"{where}: no worker group {role.name!r} for {role.count} {role.name} bundles")
-            continue
-        failed = pack([role.bundle] * role.count, [group.per_pod] * group.pods)
+        selector = _role_labels(config, role.name)
+        if selector:
+            matched = [g for g in groups if selector_matches(selector, g.labels)]
+            if not matched:
+                problems.append(f"{where}: placement.{role.name}.node_labels {selector} match no worker group "
+                                f"({', '.join(f'{g.name} {g.labels}' for g in groups)})")
+                continue
+        else:
+            matched = [g for g in groups if g.name == role.name]
+            if not matched:
+                problems.append(f"{where}: no worker group {role.name!r} for {role.count} {role.name} bundles")
+                continue
+        failed = pack([role.bundle] * role.count, [g.per_pod for g in matched for _ in range(g.pods)])
         if failed is not None:
-            problems.append(
-                f"{where}: {role.count} {role.name} bundles of {role.bundle} do not fit group {group.name!r} "
-                f"({group.pods} pods x {group.per_pod})")
+            shown = ", ".join(f"{g.name!r} ({g.pods} pods x {g.per_pod})" for g in matched)
+            problems.append(f"{where}: {role.count} {role.name} bundles of {role.bundle} do not fit group {shown}")
     checkpoint = getattr(getattr(config, "model", None), "checkpoint", None)
     if isinstance(checkpoint, str) and checkpoint.startswith("sft:"):
         from ral_dist.config import SFTJobConfig, load_config

@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ral_dist.data.data_config import DataConfig
+from ral_dist.placement_config import PlacementConfig
 from ral_dist.rewards import (
     PAPER_REWARD_WEIGHTS,
     RESERVED_TERM_NAMES,
@@ -292,6 +293,8 @@ class RLJobConfig(Strict):
     reward: RewardConfig = Field(default_factory=RewardConfig)
     learner: LearnerConfig = Field(default_factory=LearnerConfig)
     run: RLRunConfig = Field(default_factory=RLRunConfig)
+    placement: PlacementConfig = Field(default_factory=PlacementConfig,
+                                       description="the nodes each role group may use and its strategy")
 
     @model_validator(mode="after")
     def _every_worker_gets_a_prompt(self) -> RLJobConfig:

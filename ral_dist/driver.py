@@ -59,13 +59,15 @@ def parse_args(argv: list[str] | None, doc: str | None, default_config: Path) ->
 
 def load_job_config(args: argparse.Namespace, kind: JobKind, root: Path) -> tuple[RLJobConfig, Path]:
     """The validated config (a resumed run's own config.yaml, with the overrides) and the run directory."""
+    from ral_dist.runtime.run_dir import run_path
+
     overrides = args.overrides + ([f"run.steps={args.steps}"] if args.steps else [])
     if args.resume:
-        run_dir = Path(args.resume)
+        run_dir = run_path(args.resume, "--resume")
         cfg = load_config(kind.config_class, run_dir / "config.yaml", overrides)
     else:
         cfg = load_config(kind.config_class, args.config, overrides)
-        run_dir = Path(args.run_dir) if args.run_dir else root / "runs" / f"{kind.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        run_dir = run_path(args.run_dir) if args.run_dir else root / "runs" / f"{kind.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     check_vllm_config(cfg)  # vllm installed; attention_on=learner needs learner.old_policy=recompute; weight sync
     cfg.reward.check_custom_imports()  # every user reward function imports and has the right signature
     return cfg, run_dir
@@ -145,7 +147,7 @@ def main(kind: JobKind, root: Path, argv: list[str] | None = None, doc: str | No
     args = parse_args(argv, doc, root / kind.default_config)
     try:
         cfg, run_path = load_job_config(args, kind, root)
-    except ConfigError as exc:
+    except ConfigError as exc:  # a bad field, or a --run-dir that cannot be written
         raise SystemExit(f"error: {exc}") from None
     _warn_about(cfg)
     ensure_numerics(cfg.model.numerics)  # the driver computes too (the advantages)

@@ -24,3 +24,14 @@ def torch_extensions_dir() -> str:
     """
     env = f"{Path(sys.prefix).name}-{hashlib.sha1(sys.prefix.encode()).hexdigest()[:8]}"
     return str(cache_dir("torch_extensions", env))
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``path`` whole or not at all: a temp file beside it (named by this process), fsynced, then renamed over
+    it. A kill mid-write leaves only the temp file, which nothing reads; a reader never sees half a file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)

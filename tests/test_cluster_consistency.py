@@ -171,3 +171,26 @@ def test_cli(capsys):
     assert cm.main(["cpu", "gpu"]) == 0
     out = capsys.readouterr()
     assert "cpu: ok" in out.out and "gpu: ok" in out.out
+
+
+def test_the_labels_a_config_asks_for_exist_on_a_group_with_the_resources():
+    """The shipped GPU configs pin every role to its worker group by ray.io/node-group; a selector no group
+    carries, or one whose groups lack the resources, fails naming placement.<role>.node_labels / the role."""
+    jobs, cluster = _jobs("gpu")
+    groups = cm.cluster_groups(jobs[RL_JOB]["spec"]["rayClusterSpec"], at_max=False)
+    assert {g.name: g.labels["ray.io/node-group"] for g in groups} == {g.name: g.name for g in groups}
+    config = cm.load_job_config(cm.parse_entrypoint(jobs[RL_JOB]["spec"]["entrypoint"]))
+    assert config.placement.rollout.node_labels == {"ray.io/node-group": "rollout"}
+    assert cm.fit_problems(config, groups, "x") == []
+    moved = config.model_copy(deep=True)
+    moved.placement.rollout.node_labels = {"ray.io/node-group": "rollouts"}          # a typo
+    assert any("placement.rollout.node_labels" in p and "match no worker group" in p
+               for p in cm.fit_problems(moved, groups, "x"))
+    moved.placement.rollout.node_labels = {"ray.io/node-group": "reward"}            # CPU pods: no GPU there
+    assert any("4 rollout bundles" in p and "'reward'" in p for p in cm.fit_problems(moved, groups, "x"))
+    moved.placement.rollout.node_labels = {"ray.io/node-group": "in(rollout,learner)"}  # Ray's operators
+    assert cm.fit_problems(moved, groups, "x") == []
+    assert not cm.selector_matches({"ray.io/node-group": "!in(rollout,learner)"}, {"ray.io/node-group": "rollout"})
+    assert cm.selector_matches({"zone": "!a"}, {"ray.io/node-group": "rollout"})      # absent key: "not a" holds
+    assert cm.group_labels({"groupName": "g", "labels": {"a": "1"}, "rayStartParams": {"labels": '"b=2,c=3"'}}) == \
+        {"ray.io/node-group": "g", "a": "1", "b": "2", "c": "3"}

@@ -51,3 +51,43 @@ def test_bad_attention_and_sampling_settings_fail_naming_the_field(override, mes
     with pytest.raises(ConfigError, match=message):
         load_config(RLJobConfig, None, [override])
     assert load_config(RLJobConfig, None, ["rollout.top_p=0.9", "learner.old_policy=recompute"]).rollout.top_p == 0.9
+
+
+@pytest.mark.parametrize(("override", "field"), [
+    ("placement.strategy=STRICT_PACK", "placement.strategy"),
+    ("placement.rollout.strategy=EVERYWHERE", "placement.rollout.strategy"),
+    ("placement.learner.node_labels={'bad key!': learners}", "placement.learner.node_labels"),
+    ("placement.reward.node_labels={ray.io/node-group: '!!cpu'}", "placement.reward.node_labels"),
+    ("placement.rollout.nodes=2", "placement.rollout.nodes"),
+    ("placement.wait_timeout_s=0", "placement.wait_timeout_s"),
+])
+def test_bad_placement_names_the_field(override, field):
+    from ral_dist.config import RLJobConfig
+
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        load_config(RLJobConfig, CONFIGS / "tiny_cpu.yaml", [override])
+
+
+def test_placement_per_role_with_label_operators():
+    from ral_dist.config import DistillJobConfig
+
+    cfg = load_config(DistillJobConfig, None, ["placement.strategy=SPREAD", "placement.learner.strategy=PACK",
+                                               "placement.rollout.node_labels={ray.io/node-group: 'in(gpu,spare)'}",
+                                               "placement.teacher.node_labels={ray.io/node-group: '!cpu'}"])
+    assert cfg.placement.role("learner") == ("PACK", {})
+    assert cfg.placement.role("rollout") == ("SPREAD", {"ray.io/node-group": "in(gpu,spare)"})
+    assert cfg.placement.role("teacher") == ("SPREAD", {"ray.io/node-group": "!cpu"})
+
+
+def test_run_dir_as_a_path_or_a_file_url():
+    from ral_dist.runtime.run_dir import run_path
+
+    assert run_path("runs/x") == Path("runs/x") and run_path("/a/b") == Path("/a/b")
+    assert run_path("file:///shared/runs/x") == Path("/shared/runs/x")
+    assert run_path("file://localhost/shared/x") == Path("/shared/x")
+    with pytest.raises(ConfigError, match=r"--run-dir s3://bucket/x: s3:// is not written directly.*mount"):
+        run_path("s3://bucket/x")
+    with pytest.raises(ConfigError, match=r"--resume gs://b/x: gs://"):
+        run_path("gs://b/x", "--resume")
+    with pytest.raises(ConfigError, match="not on host 'nas'"):
+        run_path("file://nas/runs/x")

@@ -20,8 +20,6 @@ from pathlib import Path
 import numpy as np
 import ray
 import torch
-from ray.util.placement_group import placement_group, remove_placement_group
-from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from ral_dist.actors.learner import Learner
 from ral_dist.actors.reward_worker import RewardWorker
@@ -42,6 +40,7 @@ from ral_dist.messages import (
 )
 from ral_dist.rewards import reward_terms
 from ral_dist.runtime import metrics
+from ral_dist.runtime.placement import bundle, place_roles
 from ral_dist.runtime.ray_cluster import wait_all
 from ral_dist.runtime.run_dir import RunDir
 from ral_dist.runtime.schedule import batch_indices, format_eta
@@ -64,10 +63,6 @@ def _nanmean(values: list[float]) -> float:
     return float(np.mean(finite)) if finite else float("nan")
 
 
-def _bundle(cpus: float, gpus: float = 0) -> dict:
-    return {"CPU": cpus, **({"GPU": gpus} if gpus else {})}
-
-
 class Controller:
     learner_class = Learner
 
@@ -82,43 +77,41 @@ class Controller:
         self.reward_terms = tuple(reward_terms(cfg.reward))
         self.version = 0
         self.weights: list = []  # [(version, state ref)] once the learner has published weights
-        self.pg = None
+        self.placement = None  # RolePlacements: a placement group per role
         self.validation = Validation(cfg, run_dir)  # run.val_every: greedy on the val split, on the rollout workers
 
     # ------------------------------------------------------------------ actors
     def start(self) -> None:
         c = self.cfg
         lc, rc, wc = c.learner, c.rollout, c.reward
-        bundles = ([_bundle(lc.cpus_per_rank, lc.gpus_per_rank)] * lc.num_ranks
-                   + [_bundle(rc.cpus_per_worker, rc.gpus_per_worker)] * rc.num_workers
-                   + [_bundle(wc.cpus_per_worker)] * wc.num_workers + self._extra_bundles())
-        self.pg = placement_group(bundles, strategy="PACK")
-        wait_all([self.pg.ready()], f"placement group {bundles}", c.run.timeout_s)
-
-        def on(index: int) -> dict:
-            return {"scheduling_strategy": PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=index)}
+        roles = [("learner", [bundle(lc.cpus_per_rank, lc.gpus_per_rank)] * lc.num_ranks),
+                 ("rollout", [bundle(rc.cpus_per_worker, rc.gpus_per_worker)] * rc.num_workers),
+                 ("reward", [bundle(wc.cpus_per_worker)] * wc.num_workers)] + self._extra_roles()
+        self.placement = place_roles(roles, c.placement, c.placement.wait_timeout_s or c.run.timeout_s)
+        on = self.placement.on
 
         config = c.model_dump(mode="json")
         # Rollout and reward workers read the RL sections only (the distillation job's config adds its own).
         worker_config = {k: v for k, v in config.items() if k in RLJobConfig.model_fields}
         prefix = f"ral-{self.run.path.name}" + (f"-r{self.attempt}" if self.attempt else "")
-        addr, port = wait_all([_free_address.options(**on(0)).remote()], "a rendezvous port", c.run.timeout_s)[0]
+        addr, port = wait_all([_free_address.options(**on("learner", 0)).remote()], "a rendezvous port",
+                              c.run.timeout_s)[0]
         learner_cls = ray.remote(self.learner_class)
         self.learners = [
             learner_cls.options(name=f"{prefix}-learner-{r}", num_cpus=lc.cpus_per_rank, num_gpus=lc.gpus_per_rank,
-                                **on(r)).remote(r, lc.num_ranks, addr, port, config)
+                                **on("learner", r)).remote(r, lc.num_ranks, addr, port, config)
             for r in range(lc.num_ranks)]
         rollout_cls = ray.remote(max_restarts=3, max_task_retries=2)(RolloutWorker)
         self.rollouts = [
             rollout_cls.options(name=f"{prefix}-rollout-{i}", num_cpus=rc.cpus_per_worker,
-                                num_gpus=rc.gpus_per_worker, **on(lc.num_ranks + i)).remote(i, worker_config)
+                                num_gpus=rc.gpus_per_worker, **on("rollout", i)).remote(i, worker_config)
             for i in range(rc.num_workers)]
         reward_cls = ray.remote(max_restarts=3, max_task_retries=2)(RewardWorker)
         self.rewarders = [
             reward_cls.options(name=f"{prefix}-reward-{i}", num_cpus=wc.cpus_per_worker,
-                               **on(lc.num_ranks + rc.num_workers + i)).remote(worker_config)
+                               **on("reward", i)).remote(worker_config)
             for i in range(wc.num_workers)]
-        self._start_extra(on, lc.num_ranks + rc.num_workers + wc.num_workers, prefix, config)
+        self._start_extra(on, prefix, config)
         self.sync_bytes = wait_all([learner.state_nbytes.remote() for learner in self.learners], "learners to start",
                                    c.run.timeout_s)[0]
         wait_all([w.get_version.remote() for w in self.rollouts], "rollout workers to start", c.run.timeout_s)
@@ -131,12 +124,13 @@ class Controller:
                          self.cfg.run.timeout_s)
         return dict(zip(roles, found, strict=True))
 
-    def _extra_bundles(self) -> list[dict]:
-        """Bundles of a subclass's further actors, placed after the RL roles' in the same placement group."""
+    def _extra_roles(self) -> list[tuple[str, list[dict]]]:
+        """A subclass's further role groups: (role of `ral_dist.placement_config.ROLES`, its bundles)."""
         return []
 
-    def _start_extra(self, on, first_bundle: int, prefix: str, config: dict) -> None:
-        """Start those actors (``on(i)``: the scheduling options of bundle i) and wait until they are up."""
+    def _start_extra(self, on, prefix: str, config: dict) -> None:
+        """Start those actors (``on(role, i)``: the scheduling options of that role's bundle i) and wait until they
+        are up."""
 
     def _learner_inputs(self, step: int, rank: int) -> dict:
         """Further inputs of this step's ``train_step`` on one rank (a subclass's learner takes them in
@@ -150,8 +144,8 @@ class Controller:
     def stop(self) -> None:
         for actor in getattr(self, "learners", []) + getattr(self, "rollouts", []) + getattr(self, "rewarders", []):
             ray.kill(actor)
-        if self.pg is not None:
-            remove_placement_group(self.pg)
+        if self.placement is not None:
+            self.placement.remove()
 
     # ------------------------------------------------------------------ one step's pieces
     def _launch_rollout(self, step: int) -> tuple[list[list], float]:

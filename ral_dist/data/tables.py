@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -51,7 +52,7 @@ def _materialise(value: Any) -> Any:
             raise RowError("invalid field 'media': embedded bytes of an unknown format") from None
     target = cache_dir("media") / f"{hashlib.sha256(raw).hexdigest()[:32]}{suffix}"
     if not target.exists():
-        tmp = target.with_suffix(f"{suffix}.tmp{id(raw)}")
+        tmp = target.with_suffix(f"{suffix}.{os.getpid()}.tmp")  # per process: a kill leaves only this, never read
         tmp.write_bytes(raw)
         tmp.replace(target)
     return str(target)

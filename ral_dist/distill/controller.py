@@ -16,25 +16,25 @@ from ral_dist.distill.learner import DistillLearner
 from ral_dist.distill.pairing import side_fingerprint
 from ral_dist.distill.queue import TeacherQueue
 from ral_dist.distill.teacher import TeacherActor
+from ral_dist.runtime.placement import bundle
 from ral_dist.runtime.ray_cluster import wait_all
 
 
 class DistillController(Controller):
     learner_class = DistillLearner
 
-    def _extra_bundles(self) -> list[dict]:
+    def _extra_roles(self) -> list[tuple[str, list[dict]]]:
         tc = self.cfg.teacher
-        return [{"CPU": tc.cpus_per_worker, **({"GPU": tc.gpus_per_worker} if tc.gpus_per_worker else {})}
-                ] * tc.num_workers
+        return [("teacher", [bundle(tc.cpus_per_worker, tc.gpus_per_worker)] * tc.num_workers)]
 
-    def _start_extra(self, on, first_bundle: int, prefix: str, config: dict) -> None:
+    def _start_extra(self, on, prefix: str, config: dict) -> None:
         c, tc = self.cfg, self.cfg.teacher
         student = side_fingerprint(c.model.family, c.model.checkpoint, c.model.tiny)
         # Frozen and stateless between calls: a restarted teacher loads the same weights, so a retry is exact.
         teacher_cls = ray.remote(max_restarts=3, max_task_retries=2)(TeacherActor)
         self.teachers = [
             teacher_cls.options(name=f"{prefix}-teacher-{i}", num_cpus=tc.cpus_per_worker,
-                                num_gpus=tc.gpus_per_worker, **on(first_bundle + i)).remote(i, config, student)
+                                num_gpus=tc.gpus_per_worker, **on("teacher", i)).remote(i, config, student)
             for i in range(tc.num_workers)]
         # A teacher that does not match the student fails in its constructor: here, before any step.
         wait_all([t.ready.remote() for t in self.teachers], "teachers to start", c.run.timeout_s)

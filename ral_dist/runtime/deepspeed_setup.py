@@ -13,6 +13,7 @@ import torch
 
 from ral_dist.paths import torch_extensions_dir
 from ral_dist.runtime.devices import set_deepspeed_accelerator
+from ral_dist.runtime.jit_ops import ensure_shm_op
 
 
 def import_deepspeed(device: torch.device | None = None):
@@ -23,6 +24,7 @@ def import_deepspeed(device: torch.device | None = None):
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", torch_extensions_dir())
     import deepspeed
 
+    ensure_shm_op()  # before DeepSpeed's comm backend asks for it: a stale build lock must not block it
     return deepspeed
 
 
@@ -32,10 +34,7 @@ def prebuild_ops() -> None:
     or more on 2 cores, which a learner would otherwise spend inside its start-up timeout."""
     if torch.cuda.is_available():
         return
-    import_deepspeed(torch.device("cpu"))
-    from deepspeed.comm.torch import build_shm_op
-
-    build_shm_op()
+    import_deepspeed(torch.device("cpu"))  # builds (or loads) the op and stamps it: `ral_dist.runtime.jit_ops`
 
 
 def deepspeed_config(zero_stage: int, micro_batch: int, grad_clip: float, bf16: bool = False) -> dict:

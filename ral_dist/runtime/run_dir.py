@@ -11,7 +11,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from ral_dist.config import dump_config
+from ral_dist.config import ConfigError, dump_config
 from ral_dist.runtime import checkpoints
 
 
@@ -23,6 +23,25 @@ def _json_safe(value):
     if isinstance(value, list):
         return [_json_safe(v) for v in value]
     return value
+
+
+def run_path(value: str | Path, flag: str = "--run-dir") -> Path:
+    """A run directory given as a path or a ``file://`` URL, as a local path. Object-store URLs (``s3://``,
+    ``gs://``, ...) are refused naming the flag: the learners' DeepSpeed checkpoints and the appended metrics need a
+    file system every node mounts (the KubeRay manifests' ReadWriteMany PVC, or the bucket mounted with
+    mountpoint-s3 / gcsfuse on every node), and a path on it is what to pass."""
+    text = str(value)
+    scheme, sep, rest = text.partition("://")
+    if not sep or "/" in scheme:
+        return Path(text)
+    if scheme == "file":
+        host, _, path = rest.partition("/")
+        if host not in ("", "localhost"):
+            raise ConfigError(f"{flag} {text}: a file:// URL names a path on every node, not on host {host!r}")
+        return Path("/" + path)
+    raise ConfigError(f"{flag} {text}: {scheme}:// is not written directly (DeepSpeed writes checkpoints to a file "
+                     "system): mount the bucket on every node (a ReadWriteMany PVC as in cluster/base/storage.yaml, "
+                     "mountpoint-s3, gcsfuse) and pass the mount path, or a file:// URL of it")
 
 
 class RunDir:

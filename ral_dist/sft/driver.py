@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -66,7 +67,7 @@ def train_or_reuse(cfg: SFTJobConfig, output: Path | None = None, force: bool = 
     result = trainer.fit()
     if result.error is not None or result.checkpoint is None:
         raise SystemExit(f"[sft] training failed: {result.error}")
-    tmp = output.with_name(output.name + ".partial")
+    tmp = output.with_name(f"{output.name}.partial-{os.getpid()}")  # per process: is_checkpoint never looks here
     shutil.rmtree(tmp, ignore_errors=True)
     result.checkpoint.to_directory(str(tmp))
     dump_config(cfg, tmp / "sft_config.yaml")
