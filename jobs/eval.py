@@ -18,7 +18,8 @@ import json
 import time
 from pathlib import Path
 
-from ral_dist.config import ConfigError, DistillJobConfig, load_config
+from ral_dist.config import ConfigError, load_config
+from ral_dist.distill_config import DistillJobConfig
 from ral_dist.evaluation.greedy import evaluate_checkpoint
 from ral_dist.evaluation.per_layer import LayerGrounding, format_table
 

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import yaml
 
-from ral_dist.config import ConfigError, DistillJobConfig, RLJobConfig, load_config
+from ral_dist.config import ConfigError, RLJobConfig, load_config
+from ral_dist.distill_config import DistillJobConfig
 from ral_dist.runtime.memory_arch import architecture, load_config_json
 from ral_dist.runtime.memory_plan import (
     GIB,

@@ -69,7 +69,7 @@ def test_bad_placement_names_the_field(override, field):
 
 
 def test_placement_per_role_with_label_operators():
-    from ral_dist.config import DistillJobConfig
+    from ral_dist.distill_config import DistillJobConfig
 
     cfg = load_config(DistillJobConfig, None, ["placement.strategy=SPREAD", "placement.learner.strategy=PACK",
                                                "placement.rollout.node_labels={ray.io/node-group: 'in(gpu,spare)'}",

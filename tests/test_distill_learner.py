@@ -11,10 +11,10 @@ import pytest
 import torch
 from sampled import REWARDS, sampled_trajectories  # noqa: E402
 
-from ral_dist.config import DistillJobConfig  # noqa: E402
 from ral_dist.distill.learner import DistillLearner  # noqa: E402
 from ral_dist.distill.pairing import side_fingerprint  # noqa: E402
 from ral_dist.distill.teacher import TeacherActor  # noqa: E402
+from ral_dist.distill_config import DistillJobConfig  # noqa: E402
 
 MODE = "think"
 G = 4

@@ -18,10 +18,11 @@ from sampled import REWARDS, sampled_trajectories
 
 from ral_dist.actors.learner import Learner
 from ral_dist.algorithms import Denominators, ral_loss
-from ral_dist.config import DistillJobConfig, RLJobConfig
+from ral_dist.config import RLJobConfig
 from ral_dist.distill.learner import DistillLearner
 from ral_dist.distill.pairing import side_fingerprint
 from ral_dist.distill.teacher import TeacherActor
+from ral_dist.distill_config import DistillJobConfig
 from ral_dist.messages.collate import pack_micro_batches, split_groups
 from ral_dist.models import build_policy
 

@@ -15,9 +15,10 @@ import yaml
 from sampled import sampled_trajectories
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-from ral_dist.config import DataConfig, DistillJobConfig
+from ral_dist.config import DataConfig
 from ral_dist.distill.pairing import TeacherMismatchError, check_pair, fingerprint, side_fingerprint
 from ral_dist.distill.teacher import TeacherActor
+from ral_dist.distill_config import DistillJobConfig
 from ral_dist.messages import ChunkAccounting, join_shards, split_shards
 from ral_dist.models import append_response, build_policy, get_adapter
 from ral_dist.models.capture import use_capture_attention

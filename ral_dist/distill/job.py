@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ral_dist.config import DistillJobConfig
+from ral_dist.distill_config import DistillJobConfig
 from ral_dist.driver import JobKind, resolve_student
 
 

@@ -22,8 +22,8 @@ from ral_dist.algorithms import (
     reverse_kl_full,
     reverse_kl_topk,
 )
-from ral_dist.config import DistillConfig, DistillJobConfig
 from ral_dist.distill.targets import TeacherBatch, TeacherTargets, teacher_batch
+from ral_dist.distill_config import DistillConfig, DistillJobConfig
 from ral_dist.messages import Trajectory
 from ral_dist.messages.collate import LearnerBatch
 from ral_dist.models.generation import ResponseForward

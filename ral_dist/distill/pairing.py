@@ -11,7 +11,7 @@ import copy
 import json
 from pathlib import Path
 
-from ral_dist.config import DistillJobConfig
+from ral_dist.distill_config import DistillJobConfig
 from ral_dist.models import adapter_for_checkpoint, get_adapter
 
 # Image-processor settings that decide the number and order of visual tokens (mean/std/rescale only change pixels).

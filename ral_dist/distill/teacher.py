@@ -12,9 +12,9 @@ from pathlib import Path
 
 import torch
 
-from ral_dist.config import DistillJobConfig
 from ral_dist.distill.pairing import check_pair, fingerprint
 from ral_dist.distill.targets import TeacherTargets
+from ral_dist.distill_config import DistillJobConfig
 from ral_dist.messages import ChunkAccounting, Trajectory, chunk_offset, join_shards, split_shards
 from ral_dist.messages.collate import response_batch
 from ral_dist.models import build_policy
