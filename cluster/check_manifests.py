@@ -51,7 +51,8 @@ CRD_FILES = {"RayCluster": "ray.io_rayclusters.yaml", "RayJob": "ray.io_rayjobs.
 K8S_VERSION = "1.33"
 CORE_API_VERSIONS = {"v1", "apps/v1", "batch/v1", "networking.k8s.io/v1", "rbac.authorization.k8s.io/v1",
                      "policy/v1"}
-JOB_CONFIG_CLASSES = {"jobs/ral_grpo.py": "RLJobConfig", "jobs/ral_distill.py": "DistillJobConfig"}
+JOB_CONFIG_CLASSES = {"jobs/ral_grpo.py": ("ral_dist.config", "RLJobConfig"),
+                      "jobs/ral_distill.py": ("ral_dist.distill_config", "DistillJobConfig")}
 INT_RANGES = {"int32": (-(2**31), 2**31 - 1), "int64": (-(2**63), 2**63 - 1)}
 EPS = 1e-9
 
@@ -399,15 +400,18 @@ def config_path(ref: JobRef) -> Path | None:
 
 def load_job_config(ref: JobRef, extra_overrides: list[str] | None = None):
     """The validated job config a RayJob entrypoint refers to (ral_dist.config.load_config)."""
-    import ral_dist.config as cfg_module
+    import importlib
 
-    class_name = JOB_CONFIG_CLASSES.get(ref.script)
-    if class_name is None:
+    from ral_dist.config import load_config
+
+    where = JOB_CONFIG_CLASSES.get(ref.script)
+    if where is None:
         raise ValueError(f"unknown job script {ref.script} (known: {sorted(JOB_CONFIG_CLASSES)})")
-    cls = getattr(cfg_module, class_name, None)
+    module, class_name = where
+    cls = getattr(importlib.import_module(module), class_name, None)
     if cls is None:
-        raise ValueError(f"{ref.script}: ral_dist.config has no {class_name} yet")
-    return cfg_module.load_config(cls, config_path(ref), ref.overrides + list(extra_overrides or []))
+        raise ValueError(f"{ref.script}: {module} has no {class_name} yet")
+    return load_config(cls, config_path(ref), ref.overrides + list(extra_overrides or []))
 
 
 def _role_labels(config, role: str) -> dict[str, str]:
