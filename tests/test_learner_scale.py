@@ -123,7 +123,9 @@ def test_parts_of_a_batch_add_up_to_its_mean_over_ranks(mode):
 @pytest.mark.parametrize("checkpointing", [False, True])
 def test_micro_batches_give_the_whole_mini_batch_update(port, sampled, checkpointing):
     """Each update's accumulated gradient equals the whole mini-batch's within 1e-6 (fp32: the sums run in another
-    order); Adam then turns those last bits of near-zero components into parameter differences of a few 1e-6."""
+    order); Adam then turns those last bits of near-zero components into parameter differences of up to ~1e-5
+    (its first step is lr * g / (|g| + eps): a component whose |g| is near eps moves by a fraction of lr that
+    its last bits decide)."""
     whole = Learner(0, 1, "127.0.0.1", port, _config())
     grads_whole = _recording_gradients(whole)
     stats_whole = whole.train_step(0, *sampled)
@@ -135,7 +137,7 @@ def test_micro_batches_give_the_whole_mini_batch_update(port, sampled, checkpoin
     assert len(grads_micro) == len(grads_whole) == 2
     for a, b in zip(grads_whole, grads_micro, strict=True):
         assert a.keys() == b.keys() and _max_diff(a, b) <= 1e-6
-    assert _max_diff(_params(whole), _params(micro)) <= 1e-5
+    assert _max_diff(_params(whole), _params(micro)) <= 3e-5
     for key in ("loss", "policy_loss", "kl", "attn_loss", "attn_jsd", "clip_fraction"):
         assert getattr(stats_micro, key) == pytest.approx(getattr(stats_whole, key), rel=1e-5, abs=1e-7), key
 
