@@ -22,9 +22,10 @@ $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip 2>&1 | $(QUIET_PIP)
 	$(PIP) install -q "$(TORCH_SPEC)" 2>&1 | $(QUIET_PIP)
-	$(PIP) install -q -e '.[dev,trackers]' 2>&1 | $(QUIET_PIP)
+	$(PIP) install -q -e '.[dev,trackers,objectstore]' 2>&1 | $(QUIET_PIP)
 	$(PY) -c "import torch, transformers, deepspeed, ray; print('torch', torch.__version__, '| transformers', transformers.__version__, '| deepspeed', deepspeed.__version__, '| ray', ray.__version__)"
 	$(PY) -c "import tensorboard, mlflow, wandb; print('trackers: tensorboard', tensorboard.__version__, '| mlflow', mlflow.__version__, '| wandb', wandb.__version__)"
+	$(PY) -c "import s3fs, moto; print('object store: s3fs', s3fs.__version__, '| moto', moto.__version__)"
 	$(PY) -c "from ral_dist.runtime.deepspeed_setup import prebuild_ops; prebuild_ops()"
 	@! $(PY) -c "import torchvision" 2>/dev/null || (echo "torchvision must not be installed in the CPU environment" && exit 1)
 	touch $@

@@ -16,6 +16,8 @@ from pathlib import Path
 
 from ral_dist.config import ConfigError, RLJobConfig, load_config
 from ral_dist.runtime.environment import ensure_numerics, job_record, record_start
+from ral_dist.runtime.object_store import RunLocation, reset_staging
+from ral_dist.runtime.run_dir import run_path
 from ral_dist.vllm.config_check import check_vllm_config
 
 
@@ -57,20 +59,26 @@ def parse_args(argv: list[str] | None, doc: str | None, default_config: Path) ->
     return p.parse_args(argv)
 
 
-def load_job_config(args: argparse.Namespace, kind: JobKind, root: Path) -> tuple[RLJobConfig, Path]:
-    """The validated config (a resumed run's own config.yaml, with the overrides) and the run directory."""
-    from ral_dist.runtime.run_dir import run_path
-
+def load_job_config(args: argparse.Namespace, kind: JobKind, root: Path) -> tuple[RLJobConfig, RunLocation]:
+    """The validated config (a resumed run's own config.yaml, with the overrides) and the run directory. A run on
+    an object store gets an empty staging directory; a resumed one, its files but the checkpoints downloaded."""
     overrides = args.overrides + ([f"run.steps={args.steps}"] if args.steps else [])
     if args.resume:
-        run_dir = run_path(args.resume, "--resume")
-        cfg = load_config(kind.config_class, run_dir / "config.yaml", overrides)
+        location = run_path(args.resume, "--resume")
+        if location.url:
+            reset_staging(location, pull=True)
+            if not (location.path / "config.yaml").is_file():
+                raise ConfigError(f"--resume {args.resume}: no config.yaml there (not a run directory)")
+        cfg = load_config(kind.config_class, location.path / "config.yaml", overrides)
     else:
         cfg = load_config(kind.config_class, args.config, overrides)
-        run_dir = run_path(args.run_dir) if args.run_dir else root / "runs" / f"{kind.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        default = root / "runs" / f"{kind.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        location = run_path(args.run_dir) if args.run_dir else RunLocation(default)
+        if location.url:
+            reset_staging(location, pull=False)
     check_vllm_config(cfg)  # vllm installed; attention_on=learner needs learner.old_policy=recompute; weight sync
     cfg.reward.check_custom_imports()  # every user reward function imports and has the right signature
-    return cfg, run_dir
+    return cfg, location
 
 
 def _load_data(cfg: RLJobConfig, run_dir):
@@ -105,6 +113,7 @@ def _run_with_recovery(controller_cls: type, cfg: RLJobConfig, run_dir, train: l
         try:
             ctl.start()
             changed = record_start(run_dir.path, job_record(cfg, ctl.environments()))
+            run_dir.push_all()  # environment.json, memory_plan.json, skipped rows: at each start
             if changed:
                 print(f"[ral] WARNING: this start's environment differs from the run's first (RUN/environment.json): "
                       f"{'; '.join(changed[:12])}", flush=True)
@@ -112,7 +121,7 @@ def _run_with_recovery(controller_cls: type, cfg: RLJobConfig, run_dir, train: l
             if resume:
                 checkpoint = run_dir.latest_checkpoint()
                 if checkpoint is None:
-                    raise SystemExit(f"error: {run_dir.path} has no checkpoint to resume from")
+                    raise SystemExit(f"error: {run_dir.location} has no checkpoint to resume from")
                 start_step = ctl.restore(checkpoint)
                 run_dir.truncate_metrics(start_step)
                 print(f"[ral] resumed from {checkpoint} at step {start_step}", flush=True)
@@ -146,7 +155,7 @@ def main(kind: JobKind, root: Path, argv: list[str] | None = None, doc: str | No
     """Run a job to its last step (or resume it); returns the run directory."""
     args = parse_args(argv, doc, root / kind.default_config)
     try:
-        cfg, run_path = load_job_config(args, kind, root)
+        cfg, location = load_job_config(args, kind, root)
     except ConfigError as exc:  # a bad field, or a --run-dir that cannot be written
         raise SystemExit(f"error: {exc}") from None
     _warn_about(cfg)
@@ -160,23 +169,25 @@ def main(kind: JobKind, root: Path, argv: list[str] | None = None, doc: str | No
 
     cfg = kind.prepare(cfg, root)
     controller_cls = kind.controller()
-    run_dir = RunDir(run_path)
+    run_dir = RunDir(location.path, location.url)
     train, heatmap_samples, data_dir = _load_data(cfg, run_dir)
     if not args.resume:
         run_dir.write_config(cfg)
     connect(numerics=cfg.model.numerics)
     check_at_start(cfg, run_dir.path)  # before any actor: a config that cannot fit stops here, naming the role
-    print(f"[ral] run dir {run_dir.path} | Ray job {ray.get_runtime_context().get_job_id()} | data {data_dir} "
+    print(f"[ral] run dir {run_dir.location} | Ray job {ray.get_runtime_context().get_job_id()} | data {data_dir} "
           f"({len(train)} train)", flush=True)
     try:
         _run_with_recovery(controller_cls, cfg, run_dir, train, heatmap_samples, resume=bool(args.resume))
     except BaseException:
         run_dir.close(failed=True)  # the trackers' runs end, marked failed
+        run_dir.push_all()  # what the trackers wrote of a failed run is uploaded too
         raise
     run_dir.close()
     if cfg.run.report:
         from ral_dist.evaluation.report import write_report_safely
 
         write_report_safely(run_dir.path)
-    print(f"[ral] done: {run_dir.path} (metrics.jsonl, heatmaps/, checkpoints/)", flush=True)
+    run_dir.push_all()  # the trackers' files and the report
+    print(f"[ral] done: {run_dir.location} (metrics.jsonl, heatmaps/, checkpoints/)", flush=True)
     return run_dir.path

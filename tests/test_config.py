@@ -82,12 +82,8 @@ def test_placement_per_role_with_label_operators():
 def test_run_dir_as_a_path_or_a_file_url():
     from ral_dist.runtime.run_dir import run_path
 
-    assert run_path("runs/x") == Path("runs/x") and run_path("/a/b") == Path("/a/b")
-    assert run_path("file:///shared/runs/x") == Path("/shared/runs/x")
-    assert run_path("file://localhost/shared/x") == Path("/shared/x")
-    with pytest.raises(ConfigError, match=r"--run-dir s3://bucket/x: s3:// is not written directly.*mount"):
-        run_path("s3://bucket/x")
-    with pytest.raises(ConfigError, match=r"--resume gs://b/x: gs://"):
-        run_path("gs://b/x", "--resume")
+    assert run_path("runs/x").path == Path("runs/x") and run_path("/a/b").path == Path("/a/b")
+    assert run_path("file:///shared/runs/x").path == Path("/shared/runs/x")
+    assert run_path("file://localhost/shared/x").url is None
     with pytest.raises(ConfigError, match="not on host 'nas'"):
         run_path("file://nas/runs/x")

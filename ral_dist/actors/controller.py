@@ -10,12 +10,10 @@ overlaps learning of step k, with the weights of step k-1: staleness bound 1). T
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import socket
 import time
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import ray
@@ -191,20 +189,22 @@ class Controller:
             print(f"[ral] weights out of sync: {line}", flush=True)
         return not problems
 
-    def _save_checkpoint(self, step: int) -> Path:
-        """Written to a partial directory, renamed into place once complete, then retention (run.keep_*)."""
-        path = self.run.partial_checkpoint_dir(step)
-        wait_all([learner.save_checkpoint.remote(str(path)) for learner in self.learners], f"checkpoint of step {step}",
-                 self.cfg.run.timeout_s)
+    def _save_checkpoint(self, step: int) -> str:
+        """Written to a partial directory, renamed into place once complete, then retention (run.keep_*). A run
+        directory on an object store: each learner rank uploads its own files, then the commit writes the marker."""
+        path, upload = self.run.partial_checkpoint_dir(step), self.run.checkpoint_upload_url(step)
+        uploaded = wait_all([learner.save_checkpoint.remote(str(path), upload) for learner in self.learners],
+                            f"checkpoint of step {step}", self.cfg.run.timeout_s)
         state = {"step": step, "version": self.version, "next_step": step + 1}
-        return self.run.commit_checkpoint(step, state, self.cfg.run)
+        return self.run.commit_checkpoint(step, state, self.cfg.run, uploaded)
 
-    def restore(self, checkpoint: Path) -> int:
+    def restore(self, checkpoint: str) -> int:
+        """Every learner loads ``checkpoint`` (a URL: each downloads it first); returns the step to continue at."""
         versions = wait_all([learner.load_checkpoint.remote(str(checkpoint)) for learner in self.learners],
                             f"learners to load {checkpoint}", self.cfg.run.timeout_s)
         self.version = versions[0]
         self._sync_weights()
-        return json.loads((checkpoint / "controller_state.json").read_text())["next_step"]
+        return self.run.checkpoint_state(checkpoint)["next_step"]
 
     def _heatmaps(self, step: int) -> None:
         if not self.heatmap_samples:

@@ -5,6 +5,8 @@ rank."""
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 from pathlib import Path
 
 import torch
@@ -13,6 +15,7 @@ import torch.distributed as dist
 from ral_dist.runtime.checkpoints import fsync_tree
 from ral_dist.runtime.deepspeed_setup import full_state_dict, param_digest
 from ral_dist.runtime.environment import process_environment
+from ral_dist.runtime.object_store import Mirror
 
 
 class LearnerWeights:
@@ -56,11 +59,15 @@ class LearnerWeights:
             raise RuntimeError("send_weights before open_weight_sender")
         send_weights(self.weight_sender, self.sender_backend, version, timeout_s)
 
-    def save_checkpoint(self, path: str) -> None:
+    def save_checkpoint(self, path: str, upload_to: str | None = None) -> list[str]:
         """HF checkpoint (rank 0) plus DeepSpeed optimizer state (every rank), fsynced by every rank before it
-        returns (the controller renames the directory into place, `ral_dist.runtime.checkpoints`). Call on every
-        rank."""
-        out = Path(path)
+        returns (the controller renames the directory into place, `ral_dist.runtime.checkpoints`). With
+        ``upload_to`` (a run directory on an object store), each rank writes to its own ``rank_N`` under ``path``
+        on its node and uploads those files itself (ranks on one node must not upload each other's); returns the
+        names it uploaded, which the controller checks before committing. Call on every rank."""
+        out = Path(path) / f"rank_{self.rank}" if upload_to else Path(path)
+        if upload_to:
+            shutil.rmtree(out, ignore_errors=True)
         state = self.state_dict()  # collective under ZeRO-3
         if self.rank == 0:
             out.mkdir(parents=True, exist_ok=True)
@@ -72,9 +79,23 @@ class LearnerWeights:
         self.ds_engine.save_checkpoint(str(out / "deepspeed"), tag="latest", client_state={"version": self.version},
                                        save_latest=False)
         dist.barrier()
-        fsync_tree(out)  # each rank: what it wrote is on disk (on a shared filesystem too) before the rename
+        if not upload_to:
+            fsync_tree(out)  # each rank: what it wrote is on disk (on a shared filesystem too) before the rename
+            return []
+        uploaded = Mirror(upload_to).put_tree(out)
+        shutil.rmtree(out)
+        return uploaded
 
     def load_checkpoint(self, path: str) -> int:
+        """Load a checkpoint directory, or the URL of one on an object store: then this rank downloads its
+        DeepSpeed directory (every rank's files: ZeRO-1/2 reads them all) into a temporary directory first."""
+        if "://" in path:
+            with tempfile.TemporaryDirectory(prefix=f"ral-restore-rank{self.rank}-") as local:
+                Mirror(path).pull(Path(local), only=("deepspeed", "learner_state.json"))
+                return self._load_local(local)
+        return self._load_local(path)
+
+    def _load_local(self, path: str) -> int:
         load_path, client = self.ds_engine.load_checkpoint(str(Path(path) / "deepspeed"), tag="latest")
         if load_path is None:
             raise FileNotFoundError(f"no DeepSpeed checkpoint under {path}/deepspeed")

@@ -1,6 +1,11 @@
 """The run directory: config.yaml, metrics.jsonl (one JSON object per step, and one per validation with
 ``"kind": "val"``), heatmaps/, checkpoints/ (`ral_dist.runtime.checkpoints`: atomic writes, retention), the
-trackers' files (`ral_dist.runtime.trackers`, which also get every record and heatmap written here)."""
+trackers' files (`ral_dist.runtime.trackers`, which also get every record and heatmap written here).
+
+A run directory on an object store is written to a local staging directory and mirrored as it is written: config.yaml,
+metrics.jsonl (the whole small file re-put after each record) and each heatmap at once, environment.json and the
+other top-level files at the start, the trackers' files and the report at the end; checkpoints by the learners that
+write them, committed here (`ral_dist.runtime.remote_checkpoints`)."""
 
 from __future__ import annotations
 
@@ -11,8 +16,9 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from ral_dist.config import ConfigError, dump_config
-from ral_dist.runtime import checkpoints
+from ral_dist.config import dump_config
+from ral_dist.runtime import checkpoints, remote_checkpoints
+from ral_dist.runtime.object_store import Mirror, RunLocation, run_location
 
 
 def _json_safe(value):
@@ -25,28 +31,16 @@ def _json_safe(value):
     return value
 
 
-def run_path(value: str | Path, flag: str = "--run-dir") -> Path:
-    """A run directory given as a path or a ``file://`` URL, as a local path. Object-store URLs (``s3://``,
-    ``gs://``, ...) are refused naming the flag: the learners' DeepSpeed checkpoints and the appended metrics need a
-    file system every node mounts (the KubeRay manifests' ReadWriteMany PVC, or the bucket mounted with
-    mountpoint-s3 / gcsfuse on every node), and a path on it is what to pass."""
-    text = str(value)
-    scheme, sep, rest = text.partition("://")
-    if not sep or "/" in scheme:
-        return Path(text)
-    if scheme == "file":
-        host, _, path = rest.partition("/")
-        if host not in ("", "localhost"):
-            raise ConfigError(f"{flag} {text}: a file:// URL names a path on every node, not on host {host!r}")
-        return Path("/" + path)
-    raise ConfigError(f"{flag} {text}: {scheme}:// is not written directly (DeepSpeed writes checkpoints to a file "
-                     "system): mount the bucket on every node (a ReadWriteMany PVC as in cluster/base/storage.yaml, "
-                     "mountpoint-s3, gcsfuse) and pass the mount path, or a file:// URL of it")
+def run_path(value: str | Path, flag: str = "--run-dir") -> RunLocation:
+    """A run directory given as a path, a ``file://`` URL or an fsspec URL (``s3://``, ``gs://``: mirrored through
+    a local staging directory, `ral_dist.runtime.object_store`); bad input fails naming ``flag``."""
+    return run_location(value, flag)
 
 
 class RunDir:
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
+    def __init__(self, path: str | Path, url: str | None = None):
+        self.path = Path(path)  # a mirrored run's staging directory
+        self.mirror = Mirror(url) if url else None
         (self.path / "checkpoints").mkdir(parents=True, exist_ok=True)
         (self.path / "heatmaps").mkdir(exist_ok=True)
         self.trackers = None  # a TrackerSet once `open_trackers`
@@ -66,15 +60,34 @@ class RunDir:
             self.trackers = None
 
     @property
+    def location(self) -> str:
+        """The run directory as the user named it (the URL of a mirrored run)."""
+        return self.mirror.url if self.mirror else str(self.path)
+
+    def push(self, *names: str) -> None:
+        """Upload these files of the staging directory (nothing for a local run directory)."""
+        if self.mirror:
+            for name in names:
+                self.mirror.put_file(self.path / name, name)
+
+    def push_all(self) -> None:
+        """Upload every file but the checkpoints and heatmaps (uploaded as they are written): environment.json,
+        memory_plan.json, skipped rows, the trackers' files, the report."""
+        if self.mirror:
+            self.mirror.put_tree(self.path, skip=("checkpoints", "heatmaps"))
+
+    @property
     def metrics_file(self) -> Path:
         return self.path / "metrics.jsonl"
 
     def write_config(self, config: BaseModel) -> None:
         dump_config(config, self.path / "config.yaml")
+        self.push("config.yaml")
 
     def append_metrics(self, record: dict) -> None:
         with self.metrics_file.open("a") as fh:
             fh.write(json.dumps(_json_safe(record)) + "\n")
+        self.push("metrics.jsonl")  # an object has no append: the whole (small) file again
         if self.trackers is not None:
             self.trackers.record(record)
 
@@ -87,6 +100,7 @@ class RunDir:
         """Drop records of steps a resumed run will redo (those after the checkpoint it resumes from)."""
         kept = [r for r in self.metrics() if r["step"] < next_step]
         self.metrics_file.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        self.push("metrics.jsonl")
 
     def val_accuracy(self) -> dict[int, float]:
         """Validation accuracy by step (the validation rows of metrics.jsonl)."""
@@ -100,29 +114,56 @@ class RunDir:
         return self.checkpoints_root / f"step_{step:06d}"
 
     def partial_checkpoint_dir(self, step: int) -> Path:
-        """Where the learners write a checkpoint before `commit_checkpoint` renames it (an old one is cleared)."""
+        """Where the learners write a checkpoint before `commit_checkpoint` renames it (an old one is cleared). For
+        a mirrored run, the staging directory each learner rank writes its files to before uploading them; a
+        checkpoint of this step already at the URL (a step redone after a recovery) is deleted first."""
         partial = checkpoints.partial_dir(self.checkpoint_dir(step))
         shutil.rmtree(partial, ignore_errors=True)
+        if self.mirror:
+            remote_checkpoints.discard(self.mirror, remote_checkpoints.name(step))
         return partial
 
-    def commit_checkpoint(self, step: int, state: dict, run_cfg) -> Path:
-        """Verify and rename the checkpoint written to `partial_checkpoint_dir`, then apply the retention of
-        ``run_cfg`` (``keep_checkpoints``, ``keep_best``, ``keep_optimizer_state``). Returns the checkpoint."""
-        final = self.checkpoint_dir(step)
-        checkpoints.commit(checkpoints.partial_dir(final), final, state)
-        deleted = checkpoints.prune(self.checkpoints_root, run_cfg.keep_checkpoints, run_cfg.keep_best,
-                                    run_cfg.keep_optimizer_state, self.val_accuracy())
-        if deleted:
-            print(f"[ral] checkpoint {final.name} written; retention deleted {', '.join(deleted)}", flush=True)
-        return final
+    def checkpoint_upload_url(self, step: int) -> str | None:
+        """Where the learners upload their files of ``step`` (None: a local run directory, nothing uploaded)."""
+        return self.mirror.url_of(remote_checkpoints.name(step)) if self.mirror else None
 
-    def latest_checkpoint(self) -> Path | None:
-        """The newest complete checkpoint with its optimizer state: what --resume and recovery load."""
-        return checkpoints.latest(self.checkpoints_root)
+    def commit_checkpoint(self, step: int, state: dict, run_cfg, uploaded: list[list[str]] | None = None) -> str:
+        """Verify and rename the checkpoint written to `partial_checkpoint_dir` (a mirrored run: verify what each
+        rank ``uploaded`` and write its marker), then apply the retention of ``run_cfg`` (``keep_checkpoints``,
+        ``keep_best``, ``keep_optimizer_state``). Returns the checkpoint (a path, or a URL)."""
+        args = (run_cfg.keep_checkpoints, run_cfg.keep_best, run_cfg.keep_optimizer_state, self.val_accuracy())
+        if self.mirror:
+            final = self.mirror.url_of(remote_checkpoints.commit(self.mirror, step, state, uploaded or []))
+            shutil.rmtree(checkpoints.partial_dir(self.checkpoint_dir(step)), ignore_errors=True)
+            deleted = remote_checkpoints.prune(self.mirror, *args)
+        else:
+            final = self.checkpoint_dir(step)
+            checkpoints.commit(checkpoints.partial_dir(final), final, state)
+            deleted = checkpoints.prune(self.checkpoints_root, *args)
+        if deleted:
+            name = str(final).rsplit("/", 1)[-1]
+            print(f"[ral] checkpoint {name} written; retention deleted {', '.join(deleted)}", flush=True)
+        return str(final)
+
+    def latest_checkpoint(self) -> str | None:
+        """The newest complete checkpoint with its optimizer state: what --resume and recovery load (a path, or
+        the URL of one the learners download)."""
+        if self.mirror:
+            rel = remote_checkpoints.latest(self.mirror)
+            return self.mirror.url_of(rel) if rel else None
+        latest = checkpoints.latest(self.checkpoints_root)
+        return str(latest) if latest else None
+
+    def checkpoint_state(self, checkpoint: str) -> dict:
+        """The controller state of ``checkpoint`` (as `latest_checkpoint` named it)."""
+        if self.mirror:
+            return remote_checkpoints.read_state(self.mirror, checkpoint.removeprefix(self.mirror.url + "/"))
+        return json.loads((Path(checkpoint) / checkpoints.STATE).read_text())
 
     def write_heatmap(self, step: int, sample_id: str, png: bytes) -> None:
         out = self.path / "heatmaps" / f"step_{step:06d}"
         out.mkdir(parents=True, exist_ok=True)
         (out / f"{sample_id}.png").write_bytes(png)
+        self.push(f"heatmaps/{out.name}/{sample_id}.png")
         if self.trackers is not None:
             self.trackers.image(step, f"heatmaps/{sample_id}", png)
