@@ -144,6 +144,7 @@ def test_two_rl_steps_through_ray_job_submit(ray_head, tmp_path, checkpoint):
         for key in ("loss", "reward_mean", "kl", "attn_loss", "rollout_s", "learn_s", "sync_s"):
             assert isinstance(r[key], (int, float)) and math.isfinite(r[key]), (key, r[key])
         assert r["n_trajectories"] == 2 * 4 and r["sync_bytes"] > 500_000_000  # 135M fp32 weights each sync
+    assert records[0]["loss"] != 0 and records[-1]["kl"] > 0  # a step trained: the policy moved off the reference
     saved = yaml.safe_load((run_dir / "config.yaml").read_text())["model"]["checkpoint"]
     assert saved == str(checkpoint)  # the run records the resolved directory, so --resume needs no rebuild
     last = run_dir / "checkpoints" / "step_000001"
