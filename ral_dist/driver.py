@@ -2,7 +2,7 @@
 
 ``jobs/ral_grpo.py`` and ``jobs/ral_distill.py`` are thin wrappers that call `main` with their `JobKind` and the
 checkout root (relative config paths, ``sft:`` references and the default ``runs/`` directory are resolved against
-it). The config is validated, and every rule that can be checked without actors is checked, before Ray is
+it; ``small-real:`` references name the cached small real model). The config is validated, and every rule that can be checked without actors is checked, before Ray is
 connected to; a failed step is retried from the last checkpoint with fresh actors, a bounded number of times.
 """
 
@@ -33,10 +33,13 @@ class JobKind:
 
 
 def resolve_student(cfg: RLJobConfig, root: Path) -> RLJobConfig:
-    """The config with ``model.checkpoint: sft:CONFIG`` resolved to the cached SFT checkpoint (trained if missing)."""
+    """The config with ``model.checkpoint: sft:CONFIG`` resolved to the cached SFT checkpoint (trained if missing),
+    and ``small-real:NAME`` to the cached small real model (built if missing, `ral_dist.models.small_real`)."""
+    from ral_dist.models.small_real import resolve_small_real
     from ral_dist.sft.driver import resolve_sft
 
-    model = cfg.model.model_copy(update={"checkpoint": resolve_sft(cfg.model.checkpoint, root)})
+    checkpoint = resolve_small_real(resolve_sft(cfg.model.checkpoint, root))
+    model = cfg.model.model_copy(update={"checkpoint": checkpoint})
     return cfg.model_copy(update={"model": model})
 
 

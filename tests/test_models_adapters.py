@@ -105,6 +105,8 @@ def test_tiny_model_round_trips_through_safetensors(family, tmp_path):
                                                                                      "Is there a circle?")]).inputs["input_ids"])
     with torch.no_grad():
         assert torch.allclose(model(**batch.inputs).logits, loaded(**batch.inputs).logits, atol=1e-6)
+    proc2.save_pretrained(tmp_path / "again")  # a loaded processor saves again (a trained checkpoint of a loaded model)
+    assert adapter.load_processor(tmp_path / "again").tokenizer.get_vocab() == proc.tokenizer.get_vocab()
 
 
 def test_unknown_family_and_missing_checkpoint_are_clear_errors(tmp_path):

@@ -21,6 +21,7 @@ from ral_dist.models.tokenizer import build_tokenizer
 SPECIAL_TOKENS = [
     "<|endoftext|>", "<|im_start|>", "<end_of_utterance>", "<image>", "<fake_token_around_image>", "<global-img>",
 ]
+CHATML_END = "<|im_end|>"
 # SmolVLM's template, with the system turn optional.
 CHAT_TEMPLATE = (
     "<|im_start|>{% for message in messages %}{{ message['role'] | capitalize }}"
@@ -39,9 +40,11 @@ class Idefics3Adapter(VLMAdapter):
     def model_class(self):
         return Idefics3ForConditionalGeneration
 
-    def build_processor(self, tile: int = 112, patch_size: int = 14, scale_factor: int = 2) -> Idefics3Processor:
-        tok = build_tokenizer(SPECIAL_TOKENS, eos_token="<end_of_utterance>", pad_token="<|endoftext|>",
-                              chat_template=CHAT_TEMPLATE)
+    def build_processor(self, tile: int = 112, patch_size: int = 14, scale_factor: int = 2,
+                        tokenizer=None) -> Idefics3Processor:
+        """``tokenizer``: a given one (the small real model's, `ral_dist.models.small_real`), else the tiny one."""
+        tok = tokenizer or build_tokenizer(SPECIAL_TOKENS, eos_token="<end_of_utterance>",
+                                           pad_token="<|endoftext|>", chat_template=CHAT_TEMPLATE)
         ip = Idefics3ImageProcessorPil(do_image_splitting=False, size={"longest_edge": tile},
                                        max_image_size={"longest_edge": tile})
         seq_len = (tile // patch_size) ** 2 // scale_factor**2
@@ -49,7 +52,12 @@ class Idefics3Adapter(VLMAdapter):
                                  chat_template=CHAT_TEMPLATE)
 
     def load_processor(self, path: str | Path) -> Idefics3Processor:
-        return Idefics3Processor.from_pretrained(path, image_processor=Idefics3ImageProcessorPil.from_pretrained(path))
+        # the PIL image processor given explicitly: the saved config names the torchvision one
+        processor = Idefics3Processor.from_pretrained(path, image_processor=Idefics3ImageProcessorPil.from_pretrained(path))
+        # from_pretrained hands that keyword to the tokenizer too, which keeps it in its init kwargs: saving the
+        # processor again (a checkpoint of a loaded model) would then fail to write it as JSON
+        processor.tokenizer.init_kwargs.pop("image_processor", None)
+        return processor
 
     def tiny_config(self, processor: Idefics3Processor, **overrides) -> Idefics3Config:
         tok = processor.tokenizer
@@ -66,6 +74,12 @@ class Idefics3Adapter(VLMAdapter):
         return Idefics3Config(text_config=text, vision_config=vision, scale_factor=2,
                               image_token_id=tok.convert_tokens_to_ids("<image>"),
                               pad_token_id=tok.pad_token_id, **overrides)
+
+    def eos_token_ids(self, processor) -> list[int]:
+        """<end_of_utterance>, and <|im_end|> where the vocabulary has it: a text tower pretrained on ChatML (the
+        small real model's SmolLM2) ends its turns with it."""
+        tok = processor.tokenizer
+        return [tok.eos_token_id] + ([tok.convert_tokens_to_ids(CHATML_END)] if CHATML_END in tok.get_vocab() else [])
 
     def temporal_patch(self, processor) -> int:
         return 1  # video frames are encoded as separate images

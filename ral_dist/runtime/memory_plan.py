@@ -75,9 +75,14 @@ def dtype_bytes(dtype: str) -> int:
 
 def architecture_for(model_config, path: str | None = None) -> Architecture:
     """The architecture of ``model.*`` / ``teacher.*``: ``path`` (a config.json or checkpoint dir) when given,
-    else the checkpoint's config.json, the SFT config's model for ``sft:CONFIG`` (read from the working
-    directory, as the jobs do), or the tiny model of its family with its ``tiny`` overrides."""
+    else the checkpoint's config.json (``small-real:NAME``: the cached small real model's), the SFT config's model
+    for ``sft:CONFIG`` (read from the working directory, as the jobs do), or the tiny model of its family with its
+    ``tiny`` overrides."""
     checkpoint = model_config.checkpoint or ""
+    if checkpoint.startswith("small-real:"):  # the cached small real model's directory (built if missing)
+        from ral_dist.models.small_real import resolve_small_real
+
+        checkpoint = resolve_small_real(checkpoint)
     if path or (checkpoint and not checkpoint.startswith("sft:")):
         source = path or checkpoint
         return architecture(load_config_json(source), source=str(source))
