@@ -15,9 +15,11 @@ export RAY_AUTH_TOKEN=${RAY_AUTH_TOKEN:-$("$PY" -c 'import secrets; print(secret
 export RAY_USAGE_STATS_ENABLED=0
 unset RAY_ADDRESS
 
+# its own temp dir: the trap stops this head's processes only (`ray stop` would end every cluster on the machine)
+RAY_TMP=$(mktemp -d /tmp/ralXXXX)  # short: Ray's socket paths live under it
+trap '"$PY" -m ral_dist.runtime.ray_cluster stop "$RAY_TMP"; rm -rf "$RAY_TMP"' EXIT
 "$RAY" start --head --node-ip-address=127.0.0.1 --dashboard-host=127.0.0.1 --dashboard-port="$DASHBOARD_PORT" \
-    --num-cpus="$(nproc)" --disable-usage-stats
-trap '"$RAY" stop --force >/dev/null 2>&1 || true' EXIT
+    --num-cpus="$(nproc)" --disable-usage-stats --temp-dir="$RAY_TMP"
 echo "Ray dashboard: http://127.0.0.1:$DASHBOARD_PORT"
 
 # validated every 25 steps; TensorBoard and MLflow files in the run directory (README: "Watching a run")

@@ -15,6 +15,7 @@ import pytest
 import torch.distributed as dist
 
 from ral_dist.runtime.environment import PORTABLE_NUMERICS
+from ral_dist.runtime.ray_cluster import stop_head  # noqa: F401 (the cluster tests import it from here)
 
 ROOT = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).parent / "ray")
@@ -125,29 +126,6 @@ for steps, pattern, await_retry in {plan!r}:
                                 stderr=subprocess.PIPE, text=True)
         assert proc.stdout.readline().strip() == "connected", proc.stderr.read()[-2000:]
         return proc
-
-
-def stop_head(temp_dir: str) -> None:
-    """Stop the Ray processes of one head (found by its temp dir), and everything they started.
-
-    Not `ray stop --force`: that kills every Ray process on the machine, other clusters included.
-    """
-    import psutil
-
-    roots = []
-    for proc in psutil.process_iter(["cmdline"]):
-        try:
-            if any(temp_dir in arg for arg in proc.info["cmdline"] or []):
-                roots.append(proc)
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-    victims = {p.pid: p for root in roots for p in [root, *root.children(recursive=True)]}
-    for proc in victims.values():
-        try:
-            proc.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(list(victims.values()), timeout=30)
 
 
 @pytest.fixture(scope="session")

@@ -12,6 +12,16 @@ from ral_dist.models.generation import eos_mask, forward_responses, generate
 from ral_dist.models.prompting import visual_prompt
 
 
+def _bias_head(model, token_ids: list[int], bias: float) -> None:
+    """The model's own output projection plus ``bias`` on the logits of ``token_ids``."""
+    head = model.lm_head
+    model.lm_head = torch.nn.Linear(head.in_features, head.out_features, bias=True)
+    with torch.no_grad():
+        model.lm_head.weight.copy_(head.weight)
+        model.lm_head.bias.zero_()
+        model.lm_head.bias[token_ids] = bias
+
+
 def test_eos_mask_keeps_the_first_eos_and_drops_the_rest():
     ids = torch.tensor([[5, 6, 2, 7, 2], [5, 5, 5, 5, 5], [2, 9, 9, 9, 9]])
     assert eos_mask(ids, [2]).tolist() == [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]]
@@ -53,12 +63,7 @@ def test_responses_that_stop_early_keep_their_eos_row_and_match_a_scoring_pass(f
     adapter = get_adapter(family)
     model, processor = adapter.build_tiny(seed=3)
     eos = adapter.eos_token_ids(processor)
-    head = model.lm_head
-    model.lm_head = torch.nn.Linear(head.in_features, head.out_features, bias=True)
-    with torch.no_grad():  # EOS gets about half the mass at every step: every row stops within a few tokens
-        model.lm_head.weight.copy_(head.weight)
-        model.lm_head.bias.zero_()
-        model.lm_head.bias[eos] = 6.5
+    _bias_head(model, eos, 6.5)  # EOS gets about half the mass at every step: every row stops within a few tokens
     use_capture_attention(model)
     samples = generate_samples(GroundedVQAConfig.at_stage(4, fraction_video=0.5), "train", 3)
     gen = generate(adapter, model, processor, [visual_prompt(s, DataConfig()) for s in samples], num_samples=4,
@@ -110,12 +115,7 @@ def test_one_sampling_distribution_with_the_banned_tokens_in_play(family):
     model, processor = adapter.build_tiny(seed=4)
     banned = adapter.banned_token_ids(processor)
     assert banned
-    head = model.lm_head
-    model.lm_head = torch.nn.Linear(head.in_features, head.out_features, bias=True)
-    with torch.no_grad():
-        model.lm_head.weight.copy_(head.weight)
-        model.lm_head.bias.zero_()
-        model.lm_head.bias[banned] = 6.0
+    _bias_head(model, banned, 6.0)
     use_capture_attention(model)
     samples = generate_samples(GroundedVQAConfig.at_stage(4, fraction_video=0.5), "train", 2)
     gen = generate(adapter, model, processor, [visual_prompt(s, DataConfig()) for s in samples], num_samples=3,

@@ -71,12 +71,16 @@ def _save(run: RunDir, step: int, tmp_path, drop: str | None = None) -> str:
     return run.commit_checkpoint(step, {"step": step, "next_step": step + 1}, Keep, uploaded)
 
 
-def test_checkpoints_committed_by_marker_retention_and_latest(bucket, tmp_path):
-    url = f"{bucket}/run"
+def _fresh_run(url: str) -> tuple[RunDir, Mirror]:
+    """A new run at ``url`` (its staging emptied) and a view of what is in the bucket."""
     loc = run_location(url)
     reset_staging(loc, pull=False)
-    run = RunDir(loc.path, loc.url)
-    mirror = Mirror(url)
+    return RunDir(loc.path, loc.url), Mirror(url)
+
+
+def test_checkpoints_committed_by_marker_retention_and_latest(bucket, tmp_path):
+    url = f"{bucket}/run"
+    run, mirror = _fresh_run(url)
     assert run.latest_checkpoint() is None
     for step in range(3):
         assert _save(run, step, tmp_path) == f"{url}/checkpoints/step_{step:06d}"
@@ -107,10 +111,8 @@ def test_checkpoints_committed_by_marker_retention_and_latest(bucket, tmp_path):
 
 def test_driver_files_mirrored_as_written_and_pulled_on_resume(bucket, tmp_path):
     url = f"{bucket}/runs/a"
+    run, mirror = _fresh_run(url)
     loc = run_location(url)
-    reset_staging(loc, pull=False)
-    run = RunDir(loc.path, loc.url)
-    mirror = Mirror(url)
     for step in range(3):
         run.append_metrics({"step": step, "loss": float("nan") if step == 1 else 0.5})
         lines = mirror.read_bytes("metrics.jsonl").decode().splitlines()

@@ -124,6 +124,7 @@ class Learner(LearnerWeights):
         """The policy; a checkpoint is partitioned as it loads under ZeRO-3. A tiny random model is built whole with
         the run's seed (deepspeed.initialize partitions it): the very weights every rank and rollout worker builds."""
         self.adapter, model, self.processor = self._load(ds_config)
+        self.banned = self.adapter.banned_token_ids(self.processor)  # read once: every forward scores without them
         if self.cfg.model.freeze_vision:
             freeze_vision_tower(model)
         if self.cfg.model.gradient_checkpointing:
@@ -239,7 +240,7 @@ class Learner(LearnerWeights):
         capture = self.cfg.learner_captures if capture is None else capture
         return forward_responses(self.adapter, model, batch.prompts, batch.response_ids, batch.response_mask,
                                  self.processor.tokenizer.pad_token_id, temperature=rc.temperature,
-                                 banned=self.adapter.banned_token_ids(self.processor), capture=capture,
+                                 banned=self.banned, capture=capture,
                                  alignment=rc.attention_rows, keep_logits=self.keep_logits and model is self.ds_engine,
                                  layers=self.cfg.attention.layers)
 

@@ -64,6 +64,7 @@ class TeacherActor:
         check_pair(student, fingerprint(self.adapter, self.processor,
                                         self.model.get_output_embeddings().out_features))
         use_capture_attention(self.model)
+        self.banned = self.adapter.banned_token_ids(self.processor)  # read once: every forward scores without them
         self.model.eval().requires_grad_(False)
         self.device = _place(self.adapter, self.model)
         metrics.count_start("teacher")
@@ -103,7 +104,7 @@ class TeacherActor:
         batch = response_batch(self.adapter, self.processor, trajs, cfg.data).to(self.device)
         fwd = forward_responses(self.adapter, self.model, batch.prompts, batch.response_ids, batch.response_mask,
                                 self.processor.tokenizer.pad_token_id, temperature=cfg.rollout.temperature,
-                                banned=self.adapter.banned_token_ids(self.processor), capture=True,
+                                banned=self.banned, capture=True,
                                 alignment=cfg.rollout.attention_rows, keep_logits=True, layers=cfg.attention.layers)
         wire = torch.float16 if tc.attention_wire_dtype == "float16" else torch.float32
         attention = batch.unpad(fwd.attention, keys=True)

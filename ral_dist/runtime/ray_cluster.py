@@ -52,3 +52,36 @@ def wait_all(refs: list, what: str, timeout_s: float) -> list:
                                f"({len(pending)}/{len(refs)} pending)")
         ray.get(ready)  # raises the actor's or task's error now
     return ray.get(refs)
+
+
+def stop_head(temp_dir: str) -> None:
+    """Stop the Ray processes of one node (found by its temp dir), and everything they started:
+    ``python -m ral_dist.runtime.ray_cluster stop TEMP_DIR`` (jobs/demo.sh, the tests).
+
+    Not `ray stop --force`: that kills every Ray process on the machine, other clusters included.
+    """
+    import psutil
+
+    roots = []
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            # not this process: run as `python -m ral_dist.runtime.ray_cluster stop DIR`, its own arguments name DIR
+            if proc.pid != os.getpid() and any(temp_dir in arg for arg in proc.info["cmdline"] or []):
+                roots.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    victims = {p.pid: p for root in roots for p in [root, *root.children(recursive=True)]}
+    for proc in victims.values():
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(list(victims.values()), timeout=30)
+
+
+if __name__ == "__main__":
+    import sys
+
+    if len(sys.argv) != 3 or sys.argv[1] != "stop":
+        raise SystemExit("usage: python -m ral_dist.runtime.ray_cluster stop TEMP_DIR")
+    stop_head(sys.argv[2])
