@@ -34,14 +34,19 @@ VARIANTS: dict[str, tuple[str, str, list[str]]] = {
     "ral_0.5": ("jobs/ral_grpo.py", RAL_CONFIG, ["learner.lambda_attn=0.5"]),
     "ral_1": ("jobs/ral_grpo.py", RAL_CONFIG, ["learner.lambda_attn=1.0"]),
     "ral_5": ("jobs/ral_grpo.py", RAL_CONFIG, ["learner.lambda_attn=5.0"]),
+    # the attention policy at the decoder layer with the most attention on target after SFT (layer 0 of the tiny
+    # start: bench/results/per_layer_sft_start.json), and the term's dose-response there (issue 22)
+    "ral_1_layer0": ("jobs/ral_grpo.py", RAL_CONFIG, ["learner.lambda_attn=1.0", "attention.layers=[0]"]),
+    "ral_5_layer0": ("jobs/ral_grpo.py", RAL_CONFIG, ["learner.lambda_attn=5.0", "attention.layers=[0]"]),
+    "ral_20_layer0": ("jobs/ral_grpo.py", RAL_CONFIG, ["learner.lambda_attn=20.0", "attention.layers=[0]"]),
     "grpo_attn_rewards": ("jobs/ral_grpo.py", RAL_CONFIG, ["learner.lambda_attn=0", ATTENTION_REWARDS]),
     "ral_1_attn_rewards": ("jobs/ral_grpo.py", RAL_CONFIG, ["learner.lambda_attn=1.0", ATTENTION_REWARDS]),
     "kd": ("jobs/ral_distill.py", DISTILL_CONFIG, ["distill.gamma_attn=0"]),
     "kd_attn": ("jobs/ral_distill.py", DISTILL_CONFIG, ["distill.gamma_attn=0.5"]),
 }
 EVAL_KEYS = ("accuracy", "format_rate", "attention_on_target", "sparsity", "consistency")
-CURVE_KEYS = ("accuracy", "reward_mean", "attention_on_target", "attn_jsd", "attn_grad_norm", "kl",
-              "teacher_attn_jsd")
+CURVE_KEYS = ("accuracy", "reward_mean", "attention_on_target", "attn_jsd", "attn_grad_norm", "attn_grad_share",
+              "kl", "teacher_attn_jsd")
 
 
 def run(cmd: list[str], log: Path) -> None:
@@ -82,6 +87,7 @@ def one_run(name: str, seed: int, steps: int, out_root: Path, limit: int | None)
     wall = time.time() - t0
     checkpoint = out / "checkpoints" / f"step_{steps - 1:06d}"
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if r.get("kind", "step") == "step"]  # not the validation rows (run.val_every)
     result = {"variant": name, "seed": seed, "run_dir": str(out), "steps": len(rows),
               "train_s": float(sum(r["step_s"] for r in rows)),
               "curves": {k: [r.get(k) for r in rows] for k in CURVE_KEYS},
@@ -135,7 +141,7 @@ def plot(results: list[dict], path: Path, window: int = 10) -> None:
         return np.array([np.nan if v is None else v for v in r["curves"][key]], dtype=float)
 
     # a panel per curve that some run has (teacher_attn_jsd only with a distillation variant)
-    keys = [k for k in ("accuracy", "attention_on_target", "attn_jsd", "kl", "teacher_attn_jsd")
+    keys = [k for k in ("accuracy", "attention_on_target", "attn_jsd", "attn_grad_share", "kl", "teacher_attn_jsd")
             if any(not np.isnan(curve(r, k)).all() for r in results)]
     fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 4))
     names = list(dict.fromkeys(r["variant"] for r in results))

@@ -129,6 +129,17 @@ def test_attention_gradient_is_zero_on_the_first_minibatch_only(port, trajectori
     assert stats.warnings == [] and stats.attn_jsd > 0 and stats.skipped_updates == 0
 
 
+def test_attention_gradient_share_grows_with_lambda(port, trajectories, advantages):
+    """The term's share of the whole update's gradient (RAL.md §3): the first update is the same for every lambda
+    (theta == theta_old: the term has no gradient), so on the second the term's gradient is exactly lambda times
+    larger, and its share of the update grows with it."""
+    small, large = (_learner(port, lambda_attn=lam, num_minibatches=2, old_policy="recompute").train_step(
+        0, trajectories, advantages) for lam in (1.0, 10.0))
+    assert small.attn_grad_norm_by_minibatch[0] == large.attn_grad_norm_by_minibatch[0] == 0.0
+    assert large.attn_grad_norm_by_minibatch[1] == pytest.approx(10 * small.attn_grad_norm_by_minibatch[1], rel=1e-4)
+    assert 0 < small.attn_grad_share < large.attn_grad_share
+
+
 def test_attention_gradient_norm_is_measured_every_nth_step_only(port, trajectories, advantages):
     learner = _learner(port, lambda_attn=1.0, num_minibatches=2, attn_grad_norm_every=2)
     norms = [learner.train_step(step, trajectories, advantages).attn_grad_norm_by_minibatch for step in range(3)]

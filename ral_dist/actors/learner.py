@@ -356,8 +356,10 @@ class Learner(LearnerWeights):
                       terms.ratio_mean, *(extra[name] for name in self.extra_loss_stats))
             for name, v in zip(names, values, strict=True):
                 stats[name] += mb.weight * (float(v.detach()) if torch.is_tensor(v) else float(v))
+        # the whole update's gradient on the same steps, so the term's share of it can be read (RAL.md §3)
+        total = reduced_grad_norm(self.ds_engine, self._trainable()) if measure else float("nan")
         self.ds_engine.step()
-        return stats | {"attn_grad_norm": grad_norm}
+        return stats | {"attn_grad_norm": grad_norm, "grad_norm": total}
 
     def _attention_grad_norm(self, parts: list[MiniBatch]) -> float:
         """Norm of the update's gradient of lambda_attn * L_attn alone (RAL.md §3 asks to log it on its own),
@@ -374,9 +376,12 @@ class Learner(LearnerWeights):
                 # token term sends (zero) gradients through every output: the hooks fire in order, the sum is unchanged.
                 loss = loss + 0.0 * fwd.logprobs.sum()
             self.ds_engine.backward(loss)
-        norm = reduced_grad_norm(self.ds_engine, [p for p in self.ds_engine.module.parameters() if p.requires_grad])
+        norm = reduced_grad_norm(self.ds_engine, self._trainable())
         discard_gradients(self.ds_engine)
         return norm
+
+    def _trainable(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.ds_engine.module.parameters() if p.requires_grad]
 
     def _all_finite(self, loss: torch.Tensor) -> bool:
         """Every rank must agree to skip, or the ranks' gradient collectives would fall out of step."""

@@ -34,8 +34,8 @@ def tis_step_stats(old: torch.Tensor, rollout: torch.Tensor, cap: float, device:
 def reduce_step(outcomes: list[dict | None], extra_names: tuple[str, ...], mine: list[Trajectory], version: int,
                 world_size: int, device: torch.device, **fields) -> LearnerStepStats:
     """The step's stats, the same on every rank. One all-reduce for every per-rank scalar: the mean stats (over
-    this rank's applied updates; None: an update skipped for a non-finite loss), the per-update attention gradient
-    norms (every rank runs the same number of updates; the logged norm is the mean of the ranks' local norms, not
+    this rank's applied updates; None: an update skipped for a non-finite loss), the per-update gradient norms of
+    the attention term and of the whole update (every rank runs the same number of updates; the logged norm is the mean of the ranks' local norms, not
     the norm of the averaged gradient) and the step's counts; one more for the oldest policy version of the step.
     ``version``: the learner's after the step; ``fields``: the rest of `LearnerStepStats` (``extra`` is extended
     with the means of ``extra_names``)."""
@@ -43,16 +43,19 @@ def reduce_step(outcomes: list[dict | None], extra_names: tuple[str, ...], mine:
     applied = [o for o in outcomes if o is not None]
     means = [sum(o[k] for o in applied) / len(applied) if applied else float("nan") for k in names]
     norms = [o["attn_grad_norm"] if o is not None else float("nan") for o in outcomes]
+    totals = [o["grad_norm"] if o is not None else float("nan") for o in outcomes]
     counts = [len(mine), sum(len(t.response.ids) for t in mine)]
-    packed = torch.tensor(means + norms + counts, dtype=torch.float64, device=device)
+    packed = torch.tensor(means + norms + totals + counts, dtype=torch.float64, device=device)
     dist.all_reduce(packed)
     n_trajectories, n_tokens = (int(v) for v in packed[-2:].tolist())
     packed = (packed[:-2] / world_size).cpu().tolist()
     oldest = torch.tensor([min(t.behaviour.version for t in mine)], dtype=torch.float64, device=device)
     dist.all_reduce(oldest, op=dist.ReduceOp.MIN)
     mean = dict(zip(names, packed[: len(names)], strict=True))
-    by_mb = packed[len(names) :]
+    by_mb = packed[len(names) : len(names) + len(norms)]
     finite_norms = [g for g in by_mb if math.isfinite(g)]
+    shares = [a / t for a, t in zip(by_mb, packed[len(names) + len(norms) :], strict=True)
+              if math.isfinite(a) and math.isfinite(t) and t > 0]
     skipped = len(outcomes) - len(applied)
     if skipped:
         fields["warnings"] = [*fields["warnings"], f"skipped {skipped} update(s) with a non-finite loss"]
@@ -60,6 +63,6 @@ def reduce_step(outcomes: list[dict | None], extra_names: tuple[str, ...], mine:
     return LearnerStepStats(
         **{k: mean[k] for k in LOSS_STATS},
         attn_grad_norm=float(np.mean(finite_norms)) if finite_norms else float("nan"),
-        attn_grad_norm_first=by_mb[0], attn_grad_norm_by_minibatch=by_mb, skipped_updates=skipped,
+        attn_grad_share=float(np.mean(shares)) if shares else float("nan"), attn_grad_norm_first=by_mb[0], attn_grad_norm_by_minibatch=by_mb, skipped_updates=skipped,
         updates=len(applied), n_trajectories=n_trajectories, n_tokens=n_tokens,
         staleness_max=version - 1 - int(oldest.item()), version=version, **fields)

@@ -19,6 +19,7 @@ class LearnerStepStats:
     clip_fraction: float
     ratio_mean: float
     attn_grad_norm: float  # mean over the step's measured updates of the attention term's own gradient norm; NaN
+    attn_grad_share: float  # mean over the measured updates of attn_grad_norm / the whole update's gradient norm
     attn_grad_norm_first: float  # ... of the first update (0 when theta == theta_old, RAL.md §3)
     attn_grad_norm_by_minibatch: list[float]  # every update's (NaN where not measured)
     skipped_updates: int  # updates dropped for a non-finite loss
@@ -36,7 +37,7 @@ class LearnerStepStats:
 
     def as_record(self) -> dict:
         """The fields the step record carries (per-update lists and counters stay with the learner's metrics)."""
-        keep = ("kl", "attn_loss", "attn_jsd", "attn_grad_norm", "policy_loss", "loss", "clip_fraction",
+        keep = ("kl", "attn_loss", "attn_jsd", "attn_grad_norm", "attn_grad_share", "policy_loss", "loss", "clip_fraction",
                 "skipped_updates", "lr", "staleness_max")
         return {k: getattr(self, k) for k in keep} | self.extra
 

@@ -114,6 +114,8 @@ ATTN_JSD = Metric("ral_attention_jsd", "gauge", "Step mean JSD between the learn
 TEACHER_ATTN_JSD = Metric("ral_teacher_attention_jsd", "gauge", "Distillation job: step mean JSD between the "
                           "student's attention policy and the teacher's (RAL.md section 5).")
 ATTN_GRAD_NORM = Metric("ral_attention_grad_norm", "gauge", "L2 norm of the attention term's own gradient.")
+ATTN_GRAD_SHARE = Metric("ral_attention_grad_share", "gauge", "The attention term's gradient norm over the whole "
+                         "update's, on the steps that measure it (learner.attn_grad_norm_every).")
 CLIP_FRACTION = Metric("ral_clip_fraction", "gauge", "Share of response tokens whose PPO ratio was clipped.")
 TRAINED_TOKENS = Metric("ral_trained_tokens_total", "counter", "Response tokens the learner trained on.")
 UPDATES = Metric("ral_learner_updates_total", "counter", "Optimizer updates applied.")
@@ -369,6 +371,7 @@ def record_learner(stats: LearnerStepStats, worker=None) -> None:
     _set(KL, stats.kl, a)
     _set(ATTN_JSD, stats.attn_jsd, a)
     _set(ATTN_GRAD_NORM, stats.attn_grad_norm, a)
+    _set(ATTN_GRAD_SHARE, stats.attn_grad_share, a)
     if "reverse_kl" in stats.extra:  # distillation job
         _set(LOSS, stats.extra["reverse_kl"], a, term="reverse_kl")
         _set(TEACHER_ATTN_JSD, stats.extra["teacher_attn_jsd"], a)
