@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -24,26 +25,38 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
-RAL_CONFIG = "jobs/configs/tiny_cpu.yaml"
+RAL_CONFIG = "jobs/configs/tiny_cpu.yaml"  # --config: the harder task is jobs/configs/tiny_grid4_cpu.yaml
 DISTILL_CONFIG = "jobs/configs/distill_tiny_cpu.yaml"
 ATTENTION_REWARDS = "reward.weights={task: 0.8, format: 0.1, sparsity: 0.05, consistency: 0.05}"
 
-# name -> (job script, config, overrides)
-VARIANTS: dict[str, tuple[str, str, list[str]]] = {
-    "grpo": ("jobs/ral_grpo.py", RAL_CONFIG, ["learner.lambda_attn=0"]),
-    "ral_0.5": ("jobs/ral_grpo.py", RAL_CONFIG, ["learner.lambda_attn=0.5"]),
-    "ral_1": ("jobs/ral_grpo.py", RAL_CONFIG, ["learner.lambda_attn=1.0"]),
-    "ral_5": ("jobs/ral_grpo.py", RAL_CONFIG, ["learner.lambda_attn=5.0"]),
-    # the attention policy at the decoder layer with the most attention on target after SFT (layer 0 of the tiny
-    # start: bench/results/per_layer_sft_start.json), and the term's dose-response there (issue 22)
-    "ral_1_layer0": ("jobs/ral_grpo.py", RAL_CONFIG, ["learner.lambda_attn=1.0", "attention.layers=[0]"]),
-    "ral_5_layer0": ("jobs/ral_grpo.py", RAL_CONFIG, ["learner.lambda_attn=5.0", "attention.layers=[0]"]),
-    "ral_20_layer0": ("jobs/ral_grpo.py", RAL_CONFIG, ["learner.lambda_attn=20.0", "attention.layers=[0]"]),
-    "grpo_attn_rewards": ("jobs/ral_grpo.py", RAL_CONFIG, ["learner.lambda_attn=0", ATTENTION_REWARDS]),
-    "ral_1_attn_rewards": ("jobs/ral_grpo.py", RAL_CONFIG, ["learner.lambda_attn=1.0", ATTENTION_REWARDS]),
-    "kd": ("jobs/ral_distill.py", DISTILL_CONFIG, ["distill.gamma_attn=0"]),
-    "kd_attn": ("jobs/ral_distill.py", DISTILL_CONFIG, ["distill.gamma_attn=0.5"]),
+# name -> overrides of the RL job's config (--config)
+RL_VARIANTS: dict[str, list[str]] = {
+    "grpo": ["learner.lambda_attn=0"],
+    "ral_0.5": ["learner.lambda_attn=0.5"],
+    "ral_1": ["learner.lambda_attn=1.0"],
+    "ral_5": ["learner.lambda_attn=5.0"],
+    "grpo_attn_rewards": ["learner.lambda_attn=0", ATTENTION_REWARDS],
+    "ral_1_attn_rewards": ["learner.lambda_attn=1.0", ATTENTION_REWARDS],
 }
+# RAL_<lambda>_layer<k>: the attention policy at decoder layer k (the one with the most attention on target after
+# SFT: `jobs/eval.py --per-layer`), e.g. ral_5_layer0 (issue 22)
+LAYER_VARIANT = re.compile(r"ral_(\d+(?:\.\d+)?)_layer(\d+)")
+# name -> overrides of the distillation job's config (DISTILL_CONFIG; the 2x2 task only)
+DISTILL_VARIANTS: dict[str, list[str]] = {"kd": ["distill.gamma_attn=0"], "kd_attn": ["distill.gamma_attn=0.5"]}
+
+
+def variant(name: str, config: str) -> tuple[str, str, list[str]]:
+    """(job script, config, overrides) of a variant name."""
+    if name in DISTILL_VARIANTS:
+        return "jobs/ral_distill.py", DISTILL_CONFIG, DISTILL_VARIANTS[name]
+    if name in RL_VARIANTS:
+        return "jobs/ral_grpo.py", config, RL_VARIANTS[name]
+    m = LAYER_VARIANT.fullmatch(name)
+    if m is None:
+        raise SystemExit(f"unknown variant {name!r}: one of {[*RL_VARIANTS, *DISTILL_VARIANTS]} or ral_<lambda>_layer<k>")
+    return "jobs/ral_grpo.py", config, [f"learner.lambda_attn={m[1]}", f"attention.layers=[{m[2]}]"]
+
+
 EVAL_KEYS = ("accuracy", "format_rate", "attention_on_target", "sparsity", "consistency")
 CURVE_KEYS = ("accuracy", "reward_mean", "attention_on_target", "attn_jsd", "attn_grad_norm", "attn_grad_share",
               "kl", "teacher_attn_jsd")
@@ -60,19 +73,24 @@ def run(cmd: list[str], log: Path) -> None:
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}); see {log}")
 
 
-def evaluate(checkpoint: Path, out: Path, log: Path, limit: int | None) -> dict:
+def evaluate(checkpoint: Path, config: str, out: Path, log: Path, limit: int | None) -> dict:
+    """Greedy val and test accuracy of a checkpoint on ``config``'s task, with its attention on target at every
+    decoder layer (``per_layer``)."""
     report = {}
     for split in ("val", "test"):
         path = out / f"eval_{split}.json"
         if not path.exists():
             run([sys.executable, "jobs/eval.py", "--checkpoint", str(checkpoint), "--split", split,
-                 "--json", str(path)] + (["--limit", str(limit)] if limit else []), log)
-        report[split] = {k: json.loads(path.read_text())[k] for k in EVAL_KEYS}
+                 "--json", str(path), "--config", config, "--per-layer"] + (["--limit", str(limit)] if limit else []),
+                log)
+        got = json.loads(path.read_text())
+        report[split] = {k: got[k] for k in EVAL_KEYS} | {
+            "per_layer": {layer: kinds["image"]["attention_on_target"] for layer, kinds in got["per_layer"].items()}}
     return report
 
 
-def one_run(name: str, seed: int, steps: int, out_root: Path, limit: int | None) -> dict:
-    script, config, overrides = VARIANTS[name]
+def one_run(name: str, config: str, seed: int, steps: int, out_root: Path, limit: int | None) -> dict:
+    script, config, overrides = variant(name, config)
     out = out_root / f"{name}-s{seed}"
     log = out_root / "logs" / f"{name}-s{seed}.log"
     t0 = time.time()
@@ -91,18 +109,18 @@ def one_run(name: str, seed: int, steps: int, out_root: Path, limit: int | None)
     result = {"variant": name, "seed": seed, "run_dir": str(out), "steps": len(rows),
               "train_s": float(sum(r["step_s"] for r in rows)),
               "curves": {k: [r.get(k) for r in rows] for k in CURVE_KEYS},
-              **evaluate(checkpoint, out, log, limit)}
+              **evaluate(checkpoint, config, out, log, limit)}
     result["wall_s_this_call"] = wall
     return result
 
 
-def start_checkpoint() -> Path:
+def start_checkpoint(config: str) -> Path:
     """The SFT checkpoint every RL variant starts from (resolved the way the job resolves it)."""
     sys.path.insert(0, str(ROOT))  # ral_dist of this checkout, also when it is not installed
     from ral_dist.config import RLJobConfig, load_config
     from ral_dist.sft.driver import resolve_sft
 
-    return Path(resolve_sft(load_config(RLJobConfig, ROOT / RAL_CONFIG).model.checkpoint, ROOT))
+    return Path(resolve_sft(load_config(RLJobConfig, ROOT / config).model.checkpoint, ROOT))
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -167,7 +185,9 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--config", default=RAL_CONFIG, help="the RL variants' job config (its SFT start is every "
+                   "variant's)")
+    p.add_argument("--variants", nargs="+", default=[*RL_VARIANTS, *DISTILL_VARIANTS])
     p.add_argument("--out", default=str(ROOT / "runs" / "reproduction"))
     p.add_argument("--eval-limit", type=int, default=None, help="first N samples of each split only")
     p.add_argument("--name", default="reproduction", help="bench/results/NAME.json and NAME_curves.png")
@@ -175,12 +195,12 @@ def main(argv=None) -> None:
     out_root = Path(args.out)
     t0 = time.time()
 
-    baseline = evaluate(start_checkpoint(), out_root / "sft_start", out_root / "logs" / "sft_start.log",
+    baseline = evaluate(start_checkpoint(args.config), args.config, out_root / "sft_start", out_root / "logs" / "sft_start.log",
                         args.eval_limit)
     results = []
     for seed in args.seeds:  # seed-major: a cut-short sweep still has every variant at its first seeds
         for name in args.variants:
-            r = one_run(name, seed, args.steps, out_root, args.eval_limit)
+            r = one_run(name, args.config, seed, args.steps, out_root, args.eval_limit)
             results.append(r)
             print(f"[reproduce] {name} seed {seed}: val acc {r['val']['accuracy']:.3f} test acc "
                   f"{r['test']['accuracy']:.3f} on-target {r['val']['attention_on_target']:.3f} "

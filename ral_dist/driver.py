@@ -40,7 +40,26 @@ def resolve_student(cfg: RLJobConfig, root: Path) -> RLJobConfig:
 
     checkpoint = resolve_small_real(resolve_sft(cfg.model.checkpoint, root))
     model = cfg.model.model_copy(update={"checkpoint": checkpoint})
-    return cfg.model_copy(update={"model": model})
+    cfg = cfg.model_copy(update={"model": model})
+    check_attention_layers(cfg)
+    return cfg
+
+
+def check_attention_layers(cfg: RLJobConfig) -> None:
+    """``attention.layers`` against the student's decoder layers, before Ray is connected to. Where the driver
+    cannot read the model's config.json (a hub name on a GPU-less head) the actors refuse it at their first
+    forward instead, naming the setting too."""
+    from ral_dist.models.capture import layer_indices
+    from ral_dist.runtime.memory_plan import architecture_for
+
+    try:
+        layers = architecture_for(cfg.model).text.layers
+    except (OSError, ValueError, KeyError):
+        return
+    try:
+        layer_indices(cfg.attention.layers, layers)
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}") from None
 
 
 def _rl_controller() -> type:

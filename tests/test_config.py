@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from ral_dist.config import ConfigError, SFTJobConfig, load_config
+from ral_dist.config import ConfigError, RLJobConfig, SFTJobConfig, load_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "jobs" / "configs"
 
@@ -87,3 +87,17 @@ def test_run_dir_as_a_path_or_a_file_url():
     assert run_path("file://localhost/shared/x").url is None
     with pytest.raises(ConfigError, match="not on host 'nas'"):
         run_path("file://nas/runs/x")
+
+
+@pytest.mark.parametrize("layers, ok", [("[-4]", True), ("[0, 3]", True), ("[4]", False), ("[-5]", False)])
+def test_attention_layers_are_checked_against_the_model_before_ray(layers, ok):
+    """The tiny model has 4 decoder layers; a layer it lacks stops the job in the driver (`resolve_student` runs
+    before Ray is connected to), naming the setting."""
+    from ral_dist.driver import resolve_student
+
+    cfg = load_config(RLJobConfig, CONFIGS / "tiny_cpu.yaml", ["model.checkpoint=null", f"attention.layers={layers}"])
+    if ok:
+        assert resolve_student(cfg, CONFIGS.parents[1]).attention.layers == cfg.attention.layers
+    else:
+        with pytest.raises(SystemExit, match=r"attention.layers: -?\d+ is not a layer of a language model with 4"):
+            resolve_student(cfg, CONFIGS.parents[1])
