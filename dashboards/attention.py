@@ -16,9 +16,12 @@ def build():
               Query(f"avg by (JobId) ({m.ATTN_JSD.series}{{{RUN}}})", "JSD {{JobId}}")),
         graph("Attention loss", "A · JSD averaged over response tokens.", "none",
               Query(f'avg by (JobId) ({m.LOSS.series}{{{RUN},term="attention"}})', "L_attn {{JobId}}")),
-        graph("Attention-term gradient norm", "L2 norm of the attention term's own gradient (not measured "
-              "under ZeRO-3).", "none",
+        graph("Attention-term gradient norm", "L2 norm of the attention term's own gradient, on the steps that "
+              "measure it (learner.attn_grad_norm_every).", "none",
               Query(f"avg by (JobId) ({m.ATTN_GRAD_NORM.series}{{{RUN}}})", "grad norm {{JobId}}")),
+        graph("Attention-term gradient share", "The attention term's gradient norm over the whole update's: how "
+              "much of the step the attention policy steers.", "percentunit",
+              Query(f"avg by (JobId) ({m.ATTN_GRAD_SHARE.series}{{{RUN}}})", "share {{JobId}}")),
         graph("Learner updates per step", "The attention term acts only from the 2nd update of a rollout batch "
               "(RAL.md §3): below 2, RAL is plain GRPO.", "none",
               Query(f"sum by (JobId) (increase({m.UPDATES.series}{{{RUN}}}[{WINDOW}])) / "
