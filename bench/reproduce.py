@@ -25,7 +25,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
-RAL_CONFIG = "jobs/configs/tiny_cpu.yaml"  # --config: the harder task is jobs/configs/tiny_grid4_cpu.yaml
+RAL_CONFIG = "jobs/configs/tiny_cpu.yaml"  # --config: the harder task is jobs/configs/tiny_grid3_cpu.yaml
 DISTILL_CONFIG = "jobs/configs/distill_tiny_cpu.yaml"
 ATTENTION_REWARDS = "reward.weights={task: 0.8, format: 0.1, sparsity: 0.05, consistency: 0.05}"
 
