@@ -131,6 +131,8 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 def _difference(a: list[float], b: list[float]) -> tuple[float, float]:
     """Mean of ``a`` minus mean of ``b`` and the standard error of that difference (unpaired)."""
     (ma, sa), (mb, sb) = _mean_std(a), _mean_std(b)
+    if min(len(a), len(b)) < 2:  # one seed has no spread: no standard error
+        return ma - mb, float("nan")
     return ma - mb, float(np.sqrt(sa**2 / len(a) + sb**2 / len(b)))
 
 
@@ -165,7 +167,8 @@ def summarize(results: list[dict], baseline: dict) -> tuple[dict, str]:
             if grpo and name != "grpo":
                 entry[f"{split}_vs_grpo"] = _difference([r[split]["accuracy"] for r in runs],
                                                         [r[split]["accuracy"] for r in grpo])
-                cells.append("{:+.3f} ± {:.3f}".format(*entry[f"{split}_vs_grpo"]))
+                diff, se = entry[f"{split}_vs_grpo"]
+                cells.append(f"{diff:+.3f}" + (f" ± {se:.3f}" if np.isfinite(se) else ""))
             else:
                 cells.append("–")
         cells += [f"{entry[k][0]:.3f}" for k in ("val_attention_on_target", "val_on_target_layer0")]

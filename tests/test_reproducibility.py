@@ -4,7 +4,7 @@ The values pinned here were produced on the machine that wrote this test (AMD EP
 ``model.numerics: portable``), and again there under a changed outer environment (ATEN_CPU_CAPABILITY=avx512,
 OMP_NUM_THREADS=2) and a second job loading both cores. CI derives them afresh on its own clean machine, so a pass
 there is the headline's warm start and its first RL steps reproduced on a second machine, bit for bit. A failure
-names the first value that differs and the CPU, threads and kernels it ran with.
+names the first value that differs, and the CPU and libraries of the machine it ran on.
 """
 
 import hashlib

@@ -35,8 +35,9 @@ def reduce_step(outcomes: list[dict | None], extra_names: tuple[str, ...], mine:
                 world_size: int, device: torch.device, **fields) -> LearnerStepStats:
     """The step's stats, the same on every rank. One all-reduce for every per-rank scalar: the mean stats (over
     this rank's applied updates; None: an update skipped for a non-finite loss), the per-update gradient norms of
-    the attention term and of the whole update (every rank runs the same number of updates; the logged norm is the mean of the ranks' local norms, not
-    the norm of the averaged gradient) and the step's counts; one more for the oldest policy version of the step.
+    the attention term and of the whole update (every rank runs the same number of updates; the logged norm is the
+    mean of the ranks' local norms, not the norm of the averaged gradient) and the step's counts; one more for the
+    oldest policy version of the step.
     ``version``: the learner's after the step; ``fields``: the rest of `LearnerStepStats` (``extra`` is extended
     with the means of ``extra_names``)."""
     names = LOSS_STATS + extra_names
@@ -63,6 +64,7 @@ def reduce_step(outcomes: list[dict | None], extra_names: tuple[str, ...], mine:
     return LearnerStepStats(
         **{k: mean[k] for k in LOSS_STATS},
         attn_grad_norm=float(np.mean(finite_norms)) if finite_norms else float("nan"),
-        attn_grad_share=float(np.mean(shares)) if shares else float("nan"), attn_grad_norm_first=by_mb[0], attn_grad_norm_by_minibatch=by_mb, skipped_updates=skipped,
+        attn_grad_share=float(np.mean(shares)) if shares else float("nan"),
+        attn_grad_norm_first=by_mb[0], attn_grad_norm_by_minibatch=by_mb, skipped_updates=skipped,
         updates=len(applied), n_trajectories=n_trajectories, n_tokens=n_tokens,
         staleness_max=version - 1 - int(oldest.item()), version=version, **fields)

@@ -37,8 +37,8 @@ class LearnerStepStats:
 
     def as_record(self) -> dict:
         """The fields the step record carries (per-update lists and counters stay with the learner's metrics)."""
-        keep = ("kl", "attn_loss", "attn_jsd", "attn_grad_norm", "attn_grad_share", "policy_loss", "loss", "clip_fraction",
-                "skipped_updates", "lr", "staleness_max")
+        keep = ("kl", "attn_loss", "attn_jsd", "attn_grad_norm", "attn_grad_share", "policy_loss", "loss",
+                "clip_fraction", "skipped_updates", "lr", "staleness_max")
         return {k: getattr(self, k) for k in keep} | self.extra
 
 
