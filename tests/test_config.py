@@ -101,3 +101,13 @@ def test_attention_layers_are_checked_against_the_model_before_ray(layers, ok):
     else:
         with pytest.raises(SystemExit, match=r"attention.layers: -?\d+ is not a layer of a language model with 4"):
             resolve_student(cfg, CONFIGS.parents[1])
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_validates(path):
+    """Each YAML in jobs/configs loads as the job it is for (SFT, distillation, or RL)."""
+    from ral_dist.distill_config import DistillJobConfig
+
+    kind = SFTJobConfig if path.name.startswith("sft_") else DistillJobConfig if path.name.startswith(
+        "distill_") else RLJobConfig
+    assert load_config(kind, path).model.family
