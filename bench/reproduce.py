@@ -1,7 +1,7 @@
 """The small-scale reproduction (issue 10, RAL.md §6): GRPO vs RAL, on-policy KD vs KD + attention distillation.
 
-    python bench/reproduce.py [--steps 100] [--seeds 0 1 2] [--variants grpo ral_1 …] [--out runs/reproduction]
-                              [--name reproduction]
+    python bench/reproduce.py [--config jobs/configs/tiny_cpu.yaml] [--steps 100] [--seeds 0 1 2]
+                              [--variants grpo ral_1 ral_5_layer0 …] [--out runs/reproduction] [--name reproduction]
 
 Every variant starts from the same SFT checkpoint with the same budget of steps; each (variant, seed) is one real
 job (`jobs/ral_grpo.py` or `jobs/ral_distill.py` on a private local Ray cluster) followed by `jobs/eval.py` on the
@@ -38,7 +38,7 @@ RL_VARIANTS: dict[str, list[str]] = {
     "grpo_attn_rewards": ["learner.lambda_attn=0", ATTENTION_REWARDS],
     "ral_1_attn_rewards": ["learner.lambda_attn=1.0", ATTENTION_REWARDS],
 }
-# RAL_<lambda>_layer<k>: the attention policy at decoder layer k (the one with the most attention on target after
+# ral_<lambda>_layer<k>: the attention policy at decoder layer k (the one with the most attention on target after
 # SFT: `jobs/eval.py --per-layer`), e.g. ral_5_layer0 (issue 22)
 LAYER_VARIANT = re.compile(r"ral_(\d+(?:\.\d+)?)_layer(\d+)")
 # name -> overrides of the distillation job's config (DISTILL_CONFIG; the 2x2 task only)

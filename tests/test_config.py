@@ -46,8 +46,6 @@ def test_malformed_override_is_rejected():
     ("rollout.top_p=0.9", r"rollout\.top_p \(0\.9\) < 1 needs learner\.old_policy=recompute"),
 ])
 def test_bad_attention_and_sampling_settings_fail_naming_the_field(override, message):
-    from ral_dist.config import RLJobConfig
-
     with pytest.raises(ConfigError, match=message):
         load_config(RLJobConfig, None, [override])
     assert load_config(RLJobConfig, None, ["rollout.top_p=0.9", "learner.old_policy=recompute"]).rollout.top_p == 0.9
@@ -62,8 +60,6 @@ def test_bad_attention_and_sampling_settings_fail_naming_the_field(override, mes
     ("placement.wait_timeout_s=0", "placement.wait_timeout_s"),
 ])
 def test_bad_placement_names_the_field(override, field):
-    from ral_dist.config import RLJobConfig
-
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
         load_config(RLJobConfig, CONFIGS / "tiny_cpu.yaml", [override])
 
