@@ -213,6 +213,12 @@ class LearnerConfig(Strict):
     grad_clip: float = Field(1.0, gt=0)
     ppo_epochs: int = Field(1, ge=1)
     num_minibatches: int = Field(2, ge=1, description="optimizer steps per epoch over the rollout batch")
+    minibatch_grouping: Literal["prompt", "none"] = Field(
+        "prompt", description="how a rank's trajectories are dealt into mini-batches: 'prompt' keeps each prompt's "
+                              "responses together (a seeded order of the prompts, cut into num_minibatches; a "
+                              "prompt's responses are split only where a cut falls), so each prompt's forward runs once "
+                              "for all its responses in a mini-batch (ral_dist.models.prompt_sharing); 'none': a "
+                              "seeded order of the trajectories (every mini-batch a random draw)")
     clip_eps: float = Field(0.2, gt=0)
     beta: float = Field(0.04, ge=0, description="k3 KL to the frozen reference")
     lambda_attn: float = Field(1.0, ge=0, description="weight of the RAL attention loss; 0 is plain GRPO")

@@ -59,7 +59,8 @@ def _learner(port, **learner) -> Learner:
 def test_tis_update_equals_the_hand_weighted_update(port, sampled):
     trajectories, advantages = sampled
     learner = _learner(port, tis_cap=CAP)
-    minibatches = minibatch_indices(len(trajectories), 2, [SEED, 0, 0, 0])  # the learner's own split (step 0, rank 0)
+    minibatches = minibatch_indices(len(trajectories), 2, [SEED, 0, 0, 0],
+                                    [t.prompt_key for t in trajectories])  # the learner's own split (step 0, rank 0)
     stats = learner.train_step(0, trajectories, advantages)
     assert stats.updates == 2 and stats.skipped_updates == 0
 
@@ -68,19 +69,21 @@ def test_tis_update_equals_the_hand_weighted_update(port, sampled):
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=WD)
     pad = processor.tokenizer.pad_token_id
-    batches = [learner_batch(adapter, processor, [trajectories[i] for i in mb], [advantages[i] for i in mb], DataConfig(prompt={"mode": MODE}))
+    batches = [learner_batch(adapter, processor, [trajectories[i] for i in mb], [advantages[i] for i in mb], DataConfig(prompt={"mode": MODE}),
+                             share=True)
                for mb in minibatches]
     olds, all_w = [], []
     with torch.no_grad():
         for b in batches:
             olds.append(forward_responses(adapter, model, b.prompts, b.response_ids, b.response_mask, pad,
-                                          banned=adapter.banned_token_ids(processor), capture=False).logprobs)
+                                          banned=adapter.banned_token_ids(processor), capture=False,
+                                          shared=b.shared).logprobs)
     for b, old in zip(batches, olds, strict=True):
         keep = b.response_mask.bool()
         w = torch.where(keep, torch.exp(old - b.old_logprobs).clamp(max=CAP), torch.zeros_like(old))
         all_w.append(w[keep])
         logp = forward_responses(adapter, model, b.prompts, b.response_ids, b.response_mask, pad,
-                                 banned=adapter.banned_token_ids(processor), capture=False).logprobs
+                                 banned=adapter.banned_token_ids(processor), capture=False, shared=b.shared).logprobs
         ratio = torch.exp(logp - old)
         adv = b.advantages[:, None]
         per_token = -torch.minimum(ratio * adv, ratio.clamp(0.8, 1.2) * adv) * w

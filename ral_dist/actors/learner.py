@@ -125,6 +125,9 @@ class Learner(LearnerWeights):
         the run's seed (deepspeed.initialize partitions it): the very weights every rank and rollout worker builds."""
         self.adapter, model, self.processor = self._load(ds_config)
         self.banned = self.adapter.banned_token_ids(self.processor)  # read once: every forward scores without them
+        # a prompt's pass runs once for its responses (prompt_sharing), through a KV cache that gradient
+        # checkpointing drops
+        self.shares_prompts = not self.cfg.model.gradient_checkpointing
         if self.cfg.model.freeze_vision:
             freeze_vision_tower(model)
         if self.cfg.model.gradient_checkpointing:
@@ -220,8 +223,10 @@ class Learner(LearnerWeights):
         if len(trajs) < lc.num_minibatches:
             raise ValueError(f"step {step}: {len(trajs)} trajectories cannot fill {lc.num_minibatches} mini-batches")
         lengths = [t.prompt.length + len(t.response.ids) for t in trajs]
+        prompts = [t.prompt_key for t in trajs] if lc.minibatch_grouping == "prompt" else None
         layout = [[micro_batch_groups(lengths, mb, lc.micro_batch_tokens, self.device)
-                   for mb in minibatch_indices(len(trajs), lc.num_minibatches, [self.cfg.run.seed, step, epoch, self.rank])]
+                   for mb in minibatch_indices(len(trajs), lc.num_minibatches,
+                                               [self.cfg.run.seed, step, epoch, self.rank], prompts)]
                   for epoch in range(lc.ppo_epochs)]
         shard = StepShard(trajs, [float(a) for a in advantages], [t.behaviour.logprobs for t in trajs], layout)
         if lc.old_policy == "recompute":
@@ -242,7 +247,7 @@ class Learner(LearnerWeights):
                                  self.processor.tokenizer.pad_token_id, temperature=rc.temperature,
                                  banned=self.banned, capture=capture,
                                  alignment=rc.attention_rows, keep_logits=self.keep_logits and model is self.ds_engine,
-                                 layers=self.cfg.attention.layers)
+                                 layers=self.cfg.attention.layers, shared=batch.shared)
 
     @torch.no_grad()
     def _recompute_old(self, shard: StepShard) -> list[Trajectory]:
@@ -268,7 +273,8 @@ class Learner(LearnerWeights):
         for groups in shard.layout[0]:
             for group in groups:  # an empty group still runs a forward: ZeRO-3 gathers in step on every rank
                 trajs = [shard.trajectories[i] for i in group or [first]]
-                batch = response_batch(self.adapter, self.processor, trajs, self.cfg.data).to(self.device)
+                batch = response_batch(self.adapter, self.processor, trajs, self.cfg.data,
+                                       self.shares_prompts).to(self.device)
                 fwd = self._forward(self.ds_engine.module, batch)
                 rows_of = batch.unpad(fwd.attention, keys=True) if fwd.attention is not None else [None] * len(trajs)
                 for i, t, lp, att in zip(group, trajs, batch.unpad(fwd.logprobs), rows_of, strict=False):
@@ -314,7 +320,7 @@ class Learner(LearnerWeights):
         lc = self.cfg.learner
         trajs = [shard.trajectories[i] for i in indices]
         batch = learner_batch(self.adapter, self.processor, trajs, [shard.advantages[i] for i in indices],
-                              self.cfg.data).to(self.device)
+                              self.cfg.data, self.shares_prompts).to(self.device)
         ref = self._ref_logprobs(batch, indices, ref_cache) if self.ref_model is not None else None
         weights = None
         if lc.tis_cap is not None:

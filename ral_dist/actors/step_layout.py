@@ -12,9 +12,17 @@ from ral_dist.algorithms import Denominators
 from ral_dist.messages.collate import pack_micro_batches, split_groups
 
 
-def minibatch_indices(n: int, num_minibatches: int, seed: list[int]) -> list[list[int]]:
-    """0..n-1 in a seeded order (the run seed, step, epoch and rank), split into the mini-batches."""
-    order = np.random.default_rng(seed).permutation(n)
+def minibatch_indices(n: int, num_minibatches: int, seed: list[int], prompts: list | None = None) -> list[list[int]]:
+    """0..n-1 in a seeded order (the run seed, step, epoch and rank), split into the mini-batches. ``prompts``: each
+    index's prompt; the order is then one of the prompts, each prompt's indices together (None: every index its own
+    prompt, the same order as a permutation of 0..n-1)."""
+    prompts = list(range(n)) if prompts is None else prompts
+    members: dict = {}
+    for i, p in enumerate(prompts):
+        members.setdefault(p, []).append(i)
+    distinct = list(members.values())
+    order = np.array([i for k in np.random.default_rng(seed).permutation(len(distinct)) for i in distinct[k]],
+                     dtype=np.int64)
     return [mb.tolist() for mb in np.array_split(order, num_minibatches)]
 
 

@@ -101,11 +101,11 @@ class TeacherActor:
     def _targets_of(self, trajs: list[Trajectory]) -> list[TeacherTargets]:
         cfg, tc = self.cfg, self.cfg.teacher
         # Re-encoded with the teacher's processor; a prompt that encodes to another length than the student's fails.
-        batch = response_batch(self.adapter, self.processor, trajs, cfg.data).to(self.device)
+        batch = response_batch(self.adapter, self.processor, trajs, cfg.data, share=True).to(self.device)
         fwd = forward_responses(self.adapter, self.model, batch.prompts, batch.response_ids, batch.response_mask,
                                 self.processor.tokenizer.pad_token_id, temperature=cfg.rollout.temperature,
-                                banned=self.banned, capture=True,
-                                alignment=cfg.rollout.attention_rows, keep_logits=True, layers=cfg.attention.layers)
+                                banned=self.banned, capture=True, alignment=cfg.rollout.attention_rows,
+                                keep_logits=True, layers=cfg.attention.layers, shared=batch.shared)
         wire = torch.float16 if tc.attention_wire_dtype == "float16" else torch.float32
         attention = batch.unpad(fwd.attention, keys=True)
         token_logprobs = batch.unpad(fwd.logprobs)

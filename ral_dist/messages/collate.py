@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -18,6 +18,7 @@ from ral_dist.data.data_config import DataConfig
 from ral_dist.messages.trajectory import BehaviourPolicy, EncodedPrompt, Response, Trajectory
 from ral_dist.models import PromptBatch, VLMAdapter
 from ral_dist.models.generation import Generation
+from ral_dist.models.prompt_sharing import SharedPrompts, share_prompts
 from ral_dist.models.prompting import visual_prompt
 
 
@@ -111,6 +112,7 @@ class ResponseBatch:
     response_ids: torch.Tensor  # [B, R]
     response_mask: torch.Tensor  # [B, R]
     prompt_lens: list[int]  # unpadded prompt lengths
+    shared: SharedPrompts | None = field(default=None, kw_only=True)  # the distinct prompts, when rows repeat one
 
     @property
     def response_lens(self) -> list[int]:
@@ -131,7 +133,9 @@ class ResponseBatch:
         inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in self.prompts.inputs.items()}
         moved = {f.name: getattr(self, f.name).to(device) for f in dataclasses.fields(self)
                  if torch.is_tensor(getattr(self, f.name))}
-        return dataclasses.replace(self, prompts=dataclasses.replace(self.prompts, inputs=inputs), **moved)
+        shared = self.shared.to(device) if self.shared is not None else None
+        return dataclasses.replace(self, prompts=dataclasses.replace(self.prompts, inputs=inputs), shared=shared,
+                                   **moved)
 
 
 @dataclass
@@ -143,10 +147,13 @@ class LearnerBatch(ResponseBatch):
     advantages: torch.Tensor  # [B]
 
 
-def response_batch(adapter: VLMAdapter, processor, trajectories: list[Trajectory], data: DataConfig) -> ResponseBatch:
+def response_batch(adapter: VLMAdapter, processor, trajectories: list[Trajectory], data: DataConfig,
+                   share: bool = False) -> ResponseBatch:
     """Re-encode the prompts (their media decoded here) and lay the responses out in that padding (a prompt that
-    re-encodes to another length than the rollout's fails: every position would be off)."""
-    prompts = adapter.encode(processor, [visual_prompt(t.sample, data) for t in trajectories])
+    re-encodes to another length than the rollout's fails: every position would be off). ``share``: also encode the
+    distinct prompts once (a group's trajectories share theirs), for a forward that runs each once."""
+    visual = [visual_prompt(t.sample, data) for t in trajectories]
+    prompts = adapter.encode(processor, visual)
     lengths = prompts.inputs["attention_mask"].sum(1).tolist()
     for t, n in zip(trajectories, lengths, strict=True):
         if n != t.prompt.length:
@@ -158,13 +165,15 @@ def response_batch(adapter: VLMAdapter, processor, trajectories: list[Trajectory
     for b, row in enumerate(ids):
         response_ids[b, : len(row)] = row
         response_mask[b, : len(row)] = 1
-    return ResponseBatch(prompts, response_ids, response_mask, lengths)
+    shared = (share_prompts(adapter, processor, prompts, visual, [t.prompt_key for t in trajectories])
+              if share else None)
+    return ResponseBatch(prompts, response_ids, response_mask, lengths, shared=shared)
 
 
 def learner_batch(adapter: VLMAdapter, processor, trajectories: list[Trajectory], advantages: Sequence[float],
-                  data: DataConfig) -> LearnerBatch:
+                  data: DataConfig, share: bool = False) -> LearnerBatch:
     """`response_batch` plus the behaviour policy's log-probs and p_old rows in that padding, and the advantages."""
-    rb = response_batch(adapter, processor, trajectories, data)
+    rb = response_batch(adapter, processor, trajectories, data, share)
     B, R = rb.response_ids.shape
     old_logprobs = rb.pad([t.behaviour.logprobs for t in trajectories], torch.zeros((B, R)))
     p_old = (rb.pad([t.behaviour.attention for t in trajectories], torch.zeros((B, R, rb.prompts.prompt_len + R)),

@@ -58,6 +58,11 @@ class Trajectory:
     def sample(self) -> Sample:
         return self.prompt.sample
 
+    @property
+    def prompt_key(self) -> tuple[str, int]:
+        """Names the prompt: the G responses of one prompt share it (its sample and its group in the step)."""
+        return self.sample.id, self.prompt.group
+
 
 @dataclass(frozen=True)
 class SkippedPrompt:

@@ -126,6 +126,12 @@ class VLMAdapter(ABC):
         model.eval()
         return model, self.load_processor(path)
 
+    def position_ids(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """The position ids a forward over ``inputs`` (from position 0, no cache) uses, for a forward split into
+        passes (`ral_dist.models.prompt_sharing`); None: the model's default in every pass (0, 1, 2, ... counted
+        on from the cache's length), as for a Llama text tower."""
+        return None
+
     def temporal_patch(self, processor) -> int:
         """Frames per visual token-frame (Qwen-VL merges frame pairs; a family that encodes frames one by one: 1)."""
         return getattr(processor.image_processor, "temporal_patch_size", 1)

@@ -81,19 +81,26 @@ class DecodeCapture:
                  feeds them), and no kept row ever attends past its own end of response.
     prompt_policy: [B, Q, P] after the prompt pass.
     steps:       per later pass, [B, 1, P + k + 1]: the row of the token that pass fed.
+    prompt_copies: > 1 when the prompt pass ran once per distinct prompt for its consecutive copies, over all but
+                 the last prompt token (`prompt_sharing.prefill_shared`): the prompt rows are then repeated, and the
+                 first later pass feeds the last prompt token (``prompt_policy`` is [B, Q, P - 1]; no row of it may
+                 be the last prompt position).
     """
 
     prompt_rows: torch.Tensor
     key_mask: torch.Tensor
     chunk_rows: int = 64
+    prompt_copies: int = 1
     prompt_policy: torch.Tensor | None = None
     steps: list[torch.Tensor] = field(default_factory=list)
 
     def record(self, query: torch.Tensor, key: torch.Tensor, scaling: float) -> None:
         seq = key.shape[2]
         if self.prompt_policy is None:
-            self.prompt_policy = rows_attention_policy(query, key, self.prompt_rows, self.key_mask, scaling,
-                                                       self.chunk_rows)
+            c = self.prompt_copies
+            policy = rows_attention_policy(query, key, self.prompt_rows[::c], self.key_mask[::c, :seq], scaling,
+                                           self.chunk_rows)
+            self.prompt_policy = policy.repeat_interleave(c, 0) if c > 1 else policy
             return
         if query.shape[2] != 1:
             raise RuntimeError(f"a decode capture expects one new token per pass, got {query.shape[2]}")
@@ -210,6 +217,10 @@ class LayerMean:
     @property
     def key_mask(self) -> torch.Tensor:
         return self.requests[0].key_mask
+
+    @property
+    def prompt_copies(self) -> int:
+        return self.requests[0].prompt_copies
 
 
 def _mean(parts: list) -> torch.Tensor | None:

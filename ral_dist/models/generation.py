@@ -30,6 +30,7 @@ from ral_dist.models.capture import (
     layer_indices,
     response_rows,
 )
+from ral_dist.models.prompt_sharing import SharedPrompts, prefill_shared, shared_prompt_forward
 
 LOGPROB_CHUNK = 1024  # response positions whose fp32 vocabulary logits exist at once in the learner
 # A banned token's logit: probability exactly 0 in fp32 yet finite, so that p * log p terms of a distillation loss
@@ -137,11 +138,13 @@ def forward_responses(adapter: VLMAdapter, model, prompts: PromptBatch, response
                       response_mask: torch.Tensor, pad_token_id: int, temperature: float = 1.0, *,
                       banned: Sequence[int], capture: bool = True, capture_question: bool = False, alignment: RowAlignment = "paper",
                       keep_logits: bool = False, chunk_rows: int = CAPTURE_CHUNK_ROWS,
-                      layers: Sequence[int] = (-1,)) -> ResponseForward:
+                      layers: Sequence[int] = (-1,), shared: SharedPrompts | None = None) -> ResponseForward:
     """One forward over prompt + response: per-token log-probs (`token_log_softmax` with ``temperature`` and
-    ``banned``: the adapter's `banned_token_ids`, required so that no caller scores another distribution) and (optionally) the attention policy rows and the response
-    logits. Runs with whatever grad mode the caller set (no grad in rollouts, with grad in the learner).
-    The vocabulary projection runs on the response positions only (no KV cache, no prompt logits)."""
+    ``banned``: the adapter's `banned_token_ids`, required so that no caller scores another distribution) and
+    (optionally) the attention policy rows and the response logits. Runs with whatever grad mode the caller set (no
+    grad in rollouts, with grad in the learner). The vocabulary projection runs on the response positions only (no
+    prompt logits). ``shared``: the batch's distinct prompts, each run once (`shared_prompt_forward`; not with
+    ``capture_question``, whose rows lie before the shared pass's queries)."""
     inputs = append_response(prompts.inputs, response_ids, response_mask, pad_token_id)
     P, R = prompts.prompt_len, response_ids.shape[1]
     rows = response_rows(P, response_mask, alignment) if capture else None
@@ -151,10 +154,15 @@ def forward_responses(adapter: VLMAdapter, model, prompts: PromptBatch, response
     capture_rows = (armed_layers(capture_layers(adapter, model, layers),
                                  lambda: CaptureRequest(rows, inputs["attention_mask"], chunk_rows))
                     if rows is not None else contextlib.nullcontext())
-    with capture_rows as request, _LastHiddenState(model) as kept:
-        model(**inputs, use_cache=False, logits_to_keep=1)  # the one logit row: its cost, not the whole sequence's
-    # the hidden state at position P-1+i predicts response token i
-    hidden = kept.hidden[:, P - 1 : P - 1 + R]
+    if shared is not None and not capture_question:
+        with _LastHiddenState(model) as kept:
+            request = shared_prompt_forward(adapter, model, inputs, shared, P, capture_rows)
+        hidden = kept.hidden[:, :R]  # the second pass starts at position P - 1
+    else:
+        with capture_rows as request, _LastHiddenState(model) as kept:
+            model(**inputs, use_cache=False, logits_to_keep=1)  # the one logit row: its cost, not the sequence's
+        # the hidden state at position P-1+i predicts response token i
+        hidden = kept.hidden[:, P - 1 : P - 1 + R]
     lm_head = getattr(model, "module", model).get_output_embeddings()
     logits = mask_banned(lm_head(hidden), banned) if keep_logits else None
     if logits is not None:
@@ -183,8 +191,10 @@ def decoded_rows(request: LayerMean, n_resp: int, alignment: RowAlignment) -> to
     """[B, n_resp, P + n_resp] policy rows of the response tokens from a decode capture (zeros where never fed)."""
     seq = request.key_mask.shape[1] + n_resp
     steps = [s[:, 0] for s in request.steps]
+    # the prompt's last row: of the prompt pass, or of the first later pass where that pass left the last token out
+    last, steps = (steps[0], steps[1:]) if request.prompt_copies > 1 else (request.prompt_policy[:, -1], steps)
     if alignment == "sampling":  # token i was sampled from row P - 1 + i: the prompt's last row, then the steps
-        steps = [request.prompt_policy[:, -1], *steps]
+        steps = [last, *steps]
     out = request.prompt_policy.new_zeros(request.key_mask.shape[0], n_resp, seq)
     for i, row in enumerate(steps[:n_resp]):
         out[:, i, : row.shape[-1]] = row
@@ -204,8 +214,9 @@ def _sampled_logprobs(logits: torch.Tensor, ids: torch.Tensor, temperature: floa
 def generate(adapter: VLMAdapter, model, processor, prompts: list[VisualPrompt], *, num_samples: int = 1,
              max_new_tokens: int = 32, temperature: float = 1.0, top_p: float = 1.0, greedy: bool = False,
              capture: bool = True, capture_question: bool = False, alignment: RowAlignment = "paper",
-             seed: int | None = None, layers: Sequence[int] = (-1,)) -> Generation:
-    """Sample ``num_samples`` responses per prompt (rows ordered prompt-major: p0 x G, p1 x G, ...).
+             seed: int | None = None, layers: Sequence[int] = (-1,), share_prompts: bool = True) -> Generation:
+    """Sample ``num_samples`` responses per prompt (rows ordered prompt-major: p0 x G, p1 x G, ...); with
+    ``share_prompts`` each prompt's prefill runs once for its G samples (`prompt_sharing.prefill_shared`).
 
     Log-probs and attention rows come from the sampling passes themselves (no second forward): the log-probs of
     the distribution each token was drawn from (`token_log_softmax` of the step's raw logits: banned tokens removed,
@@ -227,6 +238,9 @@ def generate(adapter: VLMAdapter, model, processor, prompts: list[VisualPrompt],
     last = torch.full((len(expanded), 1), P - 1, dtype=torch.long)
     device = model.device  # the inputs and the capture live where the model runs; the result comes back to the CPU
     inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.inputs.items()}
+    copies = num_samples if share_prompts and num_samples > 1 else 1
+    if copies > 1:  # the prompt's last row comes from the first decoding pass, which feeds the last prompt token
+        last = last[:, :0]
     capture_rows = (last if q_rows is None else torch.cat([q_rows, last], 1)).to(device)
     # eos_token_id=[]: none of transformers' own EOS stopping, which ends a row before its EOS is fed back (see
     # _FirstEosFed); None would take the model's default.
@@ -236,9 +250,15 @@ def generate(adapter: VLMAdapter, model, processor, prompts: list[VisualPrompt],
                               return_dict_in_generate=True, output_logits=True, **sampling)
     t0 = time.perf_counter()
     decode = (armed_layers(capture_layers(adapter, model, layers),
-                           lambda: DecodeCapture(capture_rows, inputs["attention_mask"].bool()))
+                           lambda: DecodeCapture(capture_rows, inputs["attention_mask"].bool(), prompt_copies=copies))
               if capture else contextlib.nullcontext())
     with decode as request:
+        if copies > 1:
+            unique = adapter.encode(processor, prompts).inputs
+            cache, positions = prefill_shared(model, {k: v.to(device) if torch.is_tensor(v) else v
+                                                      for k, v in unique.items()}, inputs, copies)
+            inputs = {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"],
+                      "position_ids": positions, "past_key_values": cache}
         out = model.generate(**inputs, generation_config=config,
                              stopping_criteria=StoppingCriteriaList([_FirstEosFed(P, eos)]))
     t1 = time.perf_counter()
@@ -255,7 +275,8 @@ def generate(adapter: VLMAdapter, model, processor, prompts: list[VisualPrompt],
     if capture:
         attention = decoded_rows(request, n_resp, alignment).cpu() * response_mask[..., None]
         if capture_question:
-            q_attention = torch.nn.functional.pad(request.prompt_policy[:, : q_rows.shape[1]].cpu(), (0, n_resp))
+            q_policy = request.prompt_policy[:, : q_rows.shape[1]].cpu()  # keys: the prompt (but its last token)
+            q_attention = torch.nn.functional.pad(q_policy, (0, P + n_resp - q_policy.shape[-1]))
     texts = tok.batch_decode(response_ids * response_mask + tok.pad_token_id * (1 - response_mask),
                              skip_special_tokens=True)
     seconds = {"generation": t1 - t0, "attention_capture": time.perf_counter() - t1}

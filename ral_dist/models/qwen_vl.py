@@ -158,6 +158,14 @@ class QwenVLAdapter(VLMAdapter):
     def language_layers(self, model):
         return model.model.language_model.layers
 
+    def position_ids(self, model, inputs):
+        """mrope's [3, B, T] positions of the whole sequence (visual tokens by time / row / column), as the model's
+        forward computes them when given no cache."""
+        keys = ("image_grid_thw", "video_grid_thw", "second_per_grid_ts", "attention_mask")
+        positions, _ = model.model.get_rope_index(inputs["input_ids"], inputs["mm_token_type_ids"],
+                                                  **{k: inputs[k] for k in keys if k in inputs})
+        return positions
+
     def encode(self, processor: QwenVLProcessor, prompts: list[VisualPrompt]) -> PromptBatch:
         tok, m2 = processor.tokenizer, processor.merge_size**2
         id_lists, q_lists, pixel_values, image_grids, video_values, video_grids, grids = [], [], [], [], [], [], []
