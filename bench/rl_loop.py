@@ -11,15 +11,24 @@ warm-up), so every figure comes from steady-state steps. Each step's metrics.jso
   sync_s, sync_bytes the weight push to every rollout worker (object store) and the bytes pushed per worker
   samples/s          trajectories trained per second = n_trajectories / step_s (TRL: per generation round)
   CPU s / sample     CPU seconds that every process of ours (driver, Ray's own, every actor) spent per trained
-                     sample, between consecutive step records (TRL: its process, per round). Unlike samples/s it
-                     does not depend on how much of the machine other jobs took: 2 / (CPU s per sample) bounds
-                     what 2 idle cores could give
+                     sample, between consecutive step records (TRL: its process, or its launch tree, per round).
+                     Unlike samples/s it does not depend on how much of the machine other jobs took:
+                     2 / (CPU s per sample) bounds what 2 idle cores could give
 
-Figures: one_step_off / sync step time; sync_s / step_s [<= 5 %]; ours / TRL samples/s [>= 1.5x], each the
-median over repetitions of the adjacent blocks' ratio. TRL runs at the niceness Ray gives its workers (15), so
-both sides have the same CPU priority against whatever else runs on the machine.
+Ours uses both cores, so TRL gets them too, in each way it offers (``--trl-configs``, each run once per round):
+``1thread`` (one process, one torch thread: the former baseline), ``2threads`` (one process, two intra-op
+threads) and ``ddp2`` (two data-parallel processes of one thread under ``accelerate launch``, gloo; each generates
+and trains on half of every round, the global shapes unchanged). Which is fastest depends on the machine and its
+load, so the headline compares with TRL's best, the configuration of highest median samples/s, and every
+configuration's ratio is reported beside it.
 
-    .venv/bin/python bench/rl_loop.py [--repeats 3] [--steps 6] [--trl-python .venv-bench/bin/python] [--quick]
+Figures: one_step_off / sync step time; sync_s / step_s [<= 5 %]; ours / TRL's best samples/s [>= 1.5x] and ours
+/ each TRL configuration; TRL / ours CPU s per sample; each the median over repetitions of the ratio within a
+round. TRL runs at the niceness Ray gives its workers (15), so both sides have the same CPU priority against
+whatever else runs on the machine.
+
+    .venv/bin/python bench/rl_loop.py [--repeats 3] [--steps 6] [--trl-python .venv-bench/bin/python]
+        [--trl-configs 1thread 2threads ddp2] [--quick]
 """
 
 from __future__ import annotations
@@ -39,6 +48,8 @@ import psutil
 from ral_dist.runtime.run_dir import RunDir
 
 GOALS = {"sync_share": "<= 0.05", "e2e": ">= 1.5"}
+TRL_CONFIGS = {"1thread": {"processes": 1, "threads": 1}, "2threads": {"processes": 1, "threads": 2},
+               "ddp2": {"processes": 2, "threads": 1}}  # bench/trl_grpo.py's --processes and --threads
 
 
 class ClockedRunDir(RunDir):
@@ -58,18 +69,19 @@ class ClockedRunDir(RunDir):
         record["cpu_at_end"] = cpu  # the controller keeps this same dict in the history it returns
 
 
-def run_trl(python: str, args, cfg) -> dict:
-    """bench/trl_grpo.py with our job's shapes, in the bench environment."""
+def run_trl(python: str, args, cfg, name: str) -> dict:
+    """bench/trl_grpo.py with our job's shapes, in the bench environment, in TRL configuration ``name``; its result
+    is the last stdout line (rank 0's alone: transformers prints its own summary line before it)."""
     rc = cfg.rollout
     cmd = [python, str(Path(__file__).with_name("trl_grpo.py")), "--steps", str(args.trl_steps),
            "--prompts", str(rc.prompts_per_step), "--group", str(rc.group_size), "--max-new-tokens",
            str(rc.max_new_tokens), "--minibatches", str(cfg.learner.num_minibatches),
-           "--threads", str(args.trl_threads)]
+           *(a for k, v in TRL_CONFIGS[name].items() for a in (f"--{k}", str(v)))]
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=common.ROOT,
                          preexec_fn=lambda: os.nice(args.trl_nice))
     if out.returncode:
         raise SystemExit(f"TRL run failed ({' '.join(cmd)}):\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return {"config": name, **json.loads(out.stdout.strip().splitlines()[-1])}
 
 
 def main(argv=None) -> dict:
@@ -80,8 +92,8 @@ def main(argv=None) -> dict:
                    help="TRL optimizer steps per run (num_minibatches per round; the first round is dropped)")
     p.add_argument("--trl-python", default=str(common.ROOT / ".venv-bench" / "bin" / "python"),
                    help="python of the bench environment (TRL); '' skips the TRL comparison")
-    p.add_argument("--trl-threads", type=int, default=1,
-                   help="TRL's torch threads (1: on a shared 2-core machine 2 threads ran 10x slower)")
+    p.add_argument("--trl-configs", nargs="+", choices=list(TRL_CONFIGS), default=list(TRL_CONFIGS),
+                   help="TRL configurations, each run once per round (default: all)")
     # Ray starts its workers at niceness 15 (RAY_worker_niceness); a TRL process at 0 would get ~30x their CPU
     # weight whenever other work competes for the cores, so by default it runs at the same niceness.
     p.add_argument("--trl-nice", type=int, default=int(os.environ.get("RAY_worker_niceness", 15)),
@@ -93,6 +105,7 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     if args.quick:
         args.repeats, args.steps, args.trl_steps = 2, 3, 8
+    args.trl_configs = list(dict.fromkeys(args.trl_configs)) if args.trl_python else []
     if args.trl_python and not Path(args.trl_python).exists():
         raise SystemExit(f"{args.trl_python} not found: run `make setup-bench`, or pass --trl-python '' to skip TRL")
 
@@ -116,9 +129,10 @@ def main(argv=None) -> dict:
                     blocks.append({"round": round_, "mode": mode, "steps": history[1:],
                                    "first_cpu_at_end": history[0]["cpu_at_end"]})
                     start += args.steps
-                if args.trl_python:
-                    trl_runs.append({"round": round_, **run_trl(args.trl_python, args, cfg)})
-                    print(f"[bench] TRL round {round_}: {trl_runs[-1]['samples_per_s']:.2f} samples/s", flush=True)
+                for name in args.trl_configs:
+                    trl_runs.append({"round": round_, **run_trl(args.trl_python, args, cfg, name)})
+                    print(f"[bench] TRL {name} round {round_}: {trl_runs[-1]['samples_per_s']:.2f} samples/s, "
+                          f"{trl_runs[-1]['cpu_s_per_sample']:.4f} CPU s/sample", flush=True)
         finally:
             controller.stop()
             ray.shutdown()
@@ -151,13 +165,21 @@ def main(argv=None) -> dict:
     figure("weight sync s per step", sync_s)
     ours = {m: samples_per_s(m) for m in ("sync", "one_step_off")}
     ours_cpu = {m: cpu_per_sample(m) for m in ("sync", "one_step_off")}
-    if trl_runs:
-        trl = [r["samples_per_s"] for r in trl_runs]
-        trl_cpu = [r["cpu_s_per_sample"] for r in trl_runs]
+    trl = {c: [r["samples_per_s"] for r in trl_runs if r["config"] == c] for c in args.trl_configs}
+    trl_cpu = {c: [r["cpu_s_per_sample"] for r in trl_runs if r["config"] == c] for c in args.trl_configs}
+    best = max(trl, key=lambda c: statistics.median(trl[c])) if trl else None
+
+    def ours_over(m: str, c: str) -> list[float]:
+        return [o / t for o, t in zip(ours[m], trl[c], strict=True)]
+
+    for m in ("sync", "one_step_off") if best else ():
+        figure(f"end-to-end samples/s, ours ({m}) / TRL GRPOTrainer's best ({best})", ours_over(m, best),
+               GOALS["e2e"])
+    for c in trl:
         for m in ("sync", "one_step_off"):
-            figure(f"end-to-end samples/s, ours ({m}) / TRL GRPOTrainer",
-                   [o / t for o, t in zip(ours[m], trl, strict=True)], GOALS["e2e"])
-        figure("CPU s per sample, TRL / ours (sync)", [t / o for o, t in zip(ours_cpu["sync"], trl_cpu, strict=True)])
+            figure(f"end-to-end samples/s, ours ({m}) / TRL {c}", ours_over(m, c))
+        figure(f"CPU s per sample, TRL {c} / ours (sync)",
+               [t / o for o, t in zip(ours_cpu["sync"], trl_cpu[c], strict=True)])
     sync_bytes = blocks[0]["steps"][0]["sync_bytes"]
     result = {
         "setup": {"model": "tiny random Qwen2.5-VL", "prompts": cfg.rollout.prompts_per_step,
@@ -166,7 +188,8 @@ def main(argv=None) -> dict:
                   "lambda_attn": cfg.learner.lambda_attn, "learner_ranks": cfg.learner.num_ranks,
                   "rollout_workers": cfg.rollout.num_workers, "reward_workers": cfg.reward.num_workers,
                   "steps_per_block": args.steps, "kept_steps_per_block": args.steps - 1, "rounds": args.repeats,
-                  "trl_steps": args.trl_steps, "trl_threads": args.trl_threads, "trl_nice": args.trl_nice,
+                  "trl_steps": args.trl_steps, "trl_configs": {c: TRL_CONFIGS[c] for c in args.trl_configs},
+                  "trl_best": best, "trl_nice": args.trl_nice,
                   "verify_sync": cfg.run.verify_sync, "overrides": args.sets},
         "figures": figures,
         "step_s": {m: common.spread(v) for m, v in step_s.items()},
@@ -175,32 +198,35 @@ def main(argv=None) -> dict:
                     for m in ("sync", "one_step_off")},
         "sync_bytes_per_worker": sync_bytes,
         "sync_bytes_per_step": sync_bytes * cfg.rollout.num_workers,
+        # "trl": TRL's best configuration (the only one before configurations were compared)
         "samples_per_s": {**{f"ours_{m}": common.spread(v) for m, v in ours.items()},
-                          **({"trl": common.spread([r["samples_per_s"] for r in trl_runs])} if trl_runs else {})},
+                          **({"trl": common.spread(trl[best])} if best else {}),
+                          **{f"trl_{c}": common.spread(v) for c, v in trl.items()}},
         "cpu_s_per_sample": {**{f"ours_{m}": common.spread(v) for m, v in ours_cpu.items()},
-                             **({"trl": common.spread([r["cpu_s_per_sample"] for r in trl_runs])}
-                                if trl_runs else {})},
+                             **({"trl": common.spread(trl_cpu[best])} if best else {}),
+                             **{f"trl_{c}": common.spread(v) for c, v in trl_cpu.items()}},
         "trl_runs": trl_runs,
         "blocks": blocks,
         "environment": common.environment(),
     }
     print(f"# RL loop: {args.repeats} rounds of {args.steps}-step blocks per mode (first step of each dropped)"
-          + (f", TRL {args.trl_steps} steps per round" if trl_runs else ""))
+          + (f", TRL {args.trl_steps} steps per run, each of {', '.join(trl)} once per round" if trl else ""))
     common.print_table([{"mode": m, "step s": result["step_s"][m]["median"],
                          "rollout_wait s": result["phase_s"][m]["rollout_wait_s"]["median"],
                          "learn s": result["phase_s"][m]["learn_s"]["median"],
                          "sync s": result["phase_s"][m]["sync_s"]["median"],
                          "samples/s": result["samples_per_s"][f"ours_{m}"]["median"],
                          "CPU s/sample": result["cpu_s_per_sample"][f"ours_{m}"]["median"]} for m in step_s]
-                       + ([{"mode": "TRL", "samples/s": result["samples_per_s"]["trl"]["median"],
-                            "CPU s/sample": result["cpu_s_per_sample"]["trl"]["median"]}] if trl_runs else []),
+                       + [{"mode": f"TRL {c}" + (" (best)" if c == best else ""),
+                           "samples/s": result["samples_per_s"][f"trl_{c}"]["median"],
+                           "CPU s/sample": result["cpu_s_per_sample"][f"trl_{c}"]["median"]} for c in trl],
                        ["mode", "step s", "rollout_wait s", "learn s", "sync s", "samples/s", "CPU s/sample"])
     print(f"# weight sync: {sync_bytes / 1e6:.2f} MB per rollout worker, {cfg.rollout.num_workers} workers")
     common.print_figures(figures)
     plot = {f"ours {m}": [cfg.rollout.prompts_per_step * cfg.rollout.group_size / s["step_s"]
                           for b in blocks if b["mode"] == m for s in b["steps"]] for m in step_s}
-    if trl_runs:
-        plot["TRL"] = [r["samples_per_round"] / s for r in trl_runs for s in r["round_s"]]
+    for c in trl:
+        plot[f"TRL {c}"] = [r["samples_per_round"] / s for r in trl_runs if r["config"] == c for s in r["round_s"]]
     common.plot_times(args.name, plot, ylabel="samples/s (per step)", title="end-to-end samples/s per step")
     common.write_result(args.name, result)
     return result

@@ -3,6 +3,7 @@
 Runs in the bench environment (`make setup-bench`: .venv-bench with trl), never in .venv:
 
     .venv-bench/bin/python bench/trl_grpo.py --steps 10 [--prompts 8 --group 4 --max-new-tokens 32 --json out.json]
+        [--threads 2 | --processes 2]
 
 What a user would do with TRL: the tiny random Qwen2.5-VL (seed 0, the weights our benchmark starts from) saved as
 a Hugging Face checkpoint and given to GRPOTrainer by path; a conversational dataset with an ``image`` column
@@ -16,12 +17,22 @@ transformers' own Qwen2_5_VLProcessor needs a video processor, which needs torch
 CPU torch): `ImageOnlyProcessor` is that class with the video half left out; its output equals our adapter's
 encoding (checked at start). Prints, and writes to ``--json``: samples/s and CPU seconds per sample over whole
 generation rounds after the first (warm-up) round, and each round's seconds.
+
+``--processes 2`` is how TRL would use a second core with data parallelism. The script re-executes itself under
+``accelerate launch --multi_gpu`` (in accelerate 1.x the one launcher that spawns local ranks itself, through
+torchrun; ``--cpu`` starts a single process and leaves the rest to mpirun), and ``use_cpu`` makes accelerate pick
+MULTI_CPU over gloo. The global shapes stay those of one process (each rank generates and trains on half of every
+round; TRL gathers rewards over the ranks for the advantages), and the trainer's ``num_processes`` is checked
+against the launch. Rank 0 alone reports, with the CPU seconds of the whole launch tree (launcher and both ranks,
+psutil at its step marks), as bench/rl_loop.py counts our driver and Ray's own processes beside the actors; each
+rank's own ``process_time`` between the same marks (``cpu_s_by_rank``) shows what the launcher adds.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -63,16 +74,29 @@ def main(argv=None) -> dict:
     p.add_argument("--group", type=int, default=4, help="G")
     p.add_argument("--minibatches", type=int, default=2, help="optimizer steps per generation round")
     p.add_argument("--max-new-tokens", type=int, default=32)
-    p.add_argument("--threads", type=int, default=1, help="torch threads (bench/rl_loop.py passes its --trl-threads)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per process")
+    p.add_argument("--processes", type=int, default=1, help="data-parallel processes (accelerate launch, gloo)")
     p.add_argument("--json", default=None, help="also write the result here")
     args = p.parse_args(argv)
     if args.steps % args.minibatches or args.steps < 2 * args.minibatches:
         raise SystemExit("--steps must be a multiple of --minibatches and cover at least 2 generation rounds")
+    per_step, rest = divmod(args.prompts * args.group, args.minibatches * args.processes)
+    if rest:
+        raise SystemExit("prompts × group must divide into --minibatches × --processes per-device batches")
+    if args.processes > 1 and "WORLD_SIZE" not in os.environ:
+        launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_machines", "1",
+                  "--num_processes", str(args.processes), "--num_cpu_threads_per_process", str(args.threads),
+                  "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
+                  str(Path(__file__).resolve()), *(sys.argv[1:] if argv is None else argv)]
+        sys.stdout.flush()
+        os.execv(sys.executable, launch)  # this process becomes the launcher, the root of the measured tree
 
+    import psutil
     import torch
 
     torch.set_num_threads(args.threads)
     import trl
+    from accelerate import PartialState
     from datasets import Dataset
     from transformers import TrainerCallback
 
@@ -86,11 +110,16 @@ def main(argv=None) -> dict:
     import common
 
     cfg = common.tiny_config()
-    ckpt = tiny_checkpoint(cfg.run.seed)
+    state = PartialState(cpu=True)  # with ranks: gloo's process group, so rank 0 alone fills the caches
+    if state.num_processes != args.processes:
+        raise SystemExit(f"{state.num_processes} processes started, --processes {args.processes}")
+    rank0 = state.is_main_process
+    with state.main_process_first():
+        ckpt = tiny_checkpoint(cfg.run.seed)
+        samples, _ = read_dataset(ensure_dataset(cfg.data.task, cfg.data.sizes), "train")
     adapter = get_adapter("qwen2_5_vl")
     ours = adapter.load_processor(ckpt)
     processor = image_only_processor(ours.tokenizer, ours.image_processor, CHAT_TEMPLATE)
-    samples, _ = read_dataset(ensure_dataset(cfg.data.task, cfg.data.sizes), "train")
     mode = cfg.data.prompt.mode
 
     def prompt(s):
@@ -117,7 +146,6 @@ def main(argv=None) -> dict:
     def format_reward(completions, **_):
         return [format_score(c[0]["content"], mode).value for c in completions]
 
-    per_step = args.prompts * args.group // args.minibatches
     config = trl.GRPOConfig(
         output_dir=str(common.RESULTS / ".trl_tmp"), per_device_train_batch_size=per_step,
         gradient_accumulation_steps=1, steps_per_generation=args.minibatches, num_generations=args.group,
@@ -125,15 +153,30 @@ def main(argv=None) -> dict:
         top_p=1.0, beta=cfg.learner.beta, epsilon=cfg.learner.clip_eps, learning_rate=cfg.learner.lr,
         max_grad_norm=cfg.learner.grad_clip, reward_weights=[0.9, 0.1], max_steps=args.steps,
         gradient_checkpointing=False, use_cpu=True, bf16=False, report_to="none", save_strategy="no",
-        logging_steps=10**6, disable_tqdm=True, dataloader_num_workers=0, seed=cfg.run.seed, shuffle_dataset=False)
+        logging_steps=10**6, disable_tqdm=True, dataloader_num_workers=0, seed=cfg.run.seed, shuffle_dataset=False,
+        ddp_find_unused_parameters=False)  # every parameter gets a gradient: no extra graph walk per step
 
     ends: list[float] = []
-    cpu_ends: list[float] = []  # this process's CPU seconds (every thread), at the same moments
+    cpu_ends: list[float] = []  # CPU seconds (every thread) of this process, or on rank 0 of the launch tree
+    own_cpu_ends: list[float] = []  # this process's own, on every rank
+    root = psutil.Process().parent() if args.processes > 1 else psutil.Process()
+
+    def tree_cpu() -> float:
+        total = 0.0
+        for proc in [root, *root.children(recursive=True)]:
+            try:
+                t = proc.cpu_times()
+                total += t.user + t.system
+            except psutil.NoSuchProcess:
+                pass
+        return total
 
     class StepClock(TrainerCallback):
         def on_step_end(self, *_, **__):
             ends.append(time.perf_counter())
-            cpu_ends.append(time.process_time())
+            own_cpu_ends.append(time.process_time())
+            if rank0:
+                cpu_ends.append(tree_cpu() if args.processes > 1 else own_cpu_ends[-1])
 
     trainer = trl.GRPOTrainer(model=str(ckpt), reward_funcs=[task_reward, format_reward], args=config,
                               train_dataset=data, processing_class=processor, callbacks=[StepClock()])
@@ -143,12 +186,26 @@ def main(argv=None) -> dict:
     # Whole generation rounds after the first: ends[k-1] closes round 1, ends[-1] the last one.
     k = args.minibatches
     rounds = (len(ends) - k) // k
+    n_samples = args.prompts * args.group * rounds  # global: every rank's completions
+    own_cpu = [own_cpu_ends[-1] - own_cpu_ends[k - 1]]
+    if args.processes > 1:
+        gathered = [None] * args.processes
+        torch.distributed.all_gather_object(gathered, own_cpu[0])
+        own_cpu = gathered
+    if not rank0:
+        return {}
     round_s = [ends[k * (i + 2) - 1] - ends[k * (i + 1) - 1] for i in range(rounds)]
-    result = {"trl": trl.__version__, "torch_threads": args.threads, "steps": len(ends),
+    result = {"trl": trl.__version__, "torch_threads": torch.get_num_threads(), "steps": len(ends),
+              "processes": trainer.accelerator.num_processes,
+              "distributed_type": str(trainer.accelerator.distributed_type),
+              "backend": trainer.accelerator.state.backend, "per_device_train_batch_size": per_step,
               "samples_per_round": args.prompts * args.group, "round_s": round_s,
-              "samples_per_s": args.prompts * args.group * rounds / (ends[-1] - ends[k - 1]),
-              "cpu_s_per_sample": (cpu_ends[-1] - cpu_ends[k - 1]) / (args.prompts * args.group * rounds),
+              "samples_per_s": n_samples / (ends[-1] - ends[k - 1]),
+              "cpu_s_per_sample": (cpu_ends[-1] - cpu_ends[k - 1]) / n_samples,
+              "cpu_s_by_rank": own_cpu, "cpu_processes": len(root.children(recursive=True)) + 1,
               "wall_s": wall, "loss_type": config.loss_type, "checkpoint": str(ckpt)}
+    if result["processes"] != args.processes:
+        raise SystemExit(f"TRL's accelerator runs {result['processes']} processes, --processes {args.processes}")
     print(json.dumps(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
