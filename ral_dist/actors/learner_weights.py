@@ -9,9 +9,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import torch
 import torch.distributed as dist
 
+from ral_dist.messages.weights import WireState
 from ral_dist.runtime.checkpoints import fsync_tree
 from ral_dist.runtime.deepspeed_setup import full_state_dict, param_digest
 from ral_dist.runtime.environment import process_environment
@@ -22,12 +22,13 @@ class LearnerWeights:
     """Mixed into `ral_dist.actors.learner.Learner` (which sets cfg, rank, ds_engine, processor, version and
     weight_sender / sender_backend)."""
 
-    def state_dict(self) -> dict[str, torch.Tensor] | None:
-        """Full weights (HF names) on rank 0, None elsewhere. Collective under ZeRO-3: call on every rank."""
+    def state_dict(self) -> WireState | None:
+        """Full weights (HF names) on rank 0, None elsewhere; zero-copy through Ray's object store (`WireState`).
+        Collective under ZeRO-3: call on every rank."""
         state = full_state_dict(self.ds_engine)
         if self.rank != 0:
             return None
-        return {k: v.detach().cpu() for k, v in state.items()}
+        return WireState({k: v.detach().cpu() for k, v in state.items()})
 
     def environment(self) -> dict:
         """This rank's libraries, CPU and numerics (`ral_dist.runtime.environment`)."""

@@ -116,7 +116,14 @@ def full_state_dict(engine) -> dict[str, torch.Tensor] | None:
     """The full model state on rank 0 (ZeRO-3 gathers the shards; other stages hold full params)."""
     if engine.zero_optimization_stage() == 3:
         return engine._zero3_consolidated_16bit_state_dict()
-    return {k: v.detach().clone() for k, v in engine.module.state_dict().items()}
+    copies: dict = {}  # a tied tensor (several names) is copied once and stays shared
+    state = {}
+    for name, v in engine.module.state_dict().items():
+        key = (v.data_ptr(), v.dtype, v.shape)
+        if key not in copies:
+            copies[key] = v.detach().clone()
+        state[name] = copies[key]
+    return state
 
 
 def param_digest(engine) -> float:

@@ -64,8 +64,12 @@ def tensor_digest(t: torch.Tensor) -> tuple[float, float, float]:
 def state_digest(items: Iterable[tuple[str, torch.Tensor]]) -> Digest:
     """The digest of (name, tensor) pairs, each reduced on its own device (one transfer of the results per device)."""
     by_device: dict[torch.device, list[tuple[str, torch.Tensor]]] = {}
+    done: dict = {}  # a tied tensor under several names is reduced once
     for name, t in items:
-        by_device.setdefault(t.device, []).append((name, _sums(t)))
+        key = (t.device, t.data_ptr(), t.dtype, tuple(t.shape), t.stride())
+        if key not in done:
+            done[key] = _sums(t)
+        by_device.setdefault(t.device, []).append((name, done[key]))
     out = {}
     for pairs in by_device.values():
         rows = torch.stack([sums for _, sums in pairs]).tolist()
