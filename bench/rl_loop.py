@@ -28,7 +28,13 @@ round. TRL runs at the niceness Ray gives its workers (15), so both sides have t
 whatever else runs on the machine.
 
     .venv/bin/python bench/rl_loop.py [--repeats 3] [--steps 6] [--trl-python .venv-bench/bin/python]
-        [--trl-configs 1thread 2threads ddp2] [--quick]
+        [--trl-configs 1thread 2threads ddp2] [--quick] [--config jobs/configs/small_real_cpu.yaml --name NAME]
+
+``--config PATH`` measures a job config's model and shapes instead of the tiny setup (e.g. the 135M
+jobs/configs/small_real_cpu.yaml): our job is that file (``--set`` applied, its checkpoint resolved as the driver
+does) and TRL runs bench/trl_grpo.py ``--config`` on the same file with the same ``--set``s. TRL computes only
+the exact-match and format rewards: the config's attention reward terms run on our side alone (see
+bench/trl_grpo.py and each TRL run's ``reward_terms_left_out``).
 """
 
 from __future__ import annotations
@@ -73,7 +79,8 @@ def run_trl(python: str, args, cfg, name: str) -> dict:
     """bench/trl_grpo.py with our job's shapes, in the bench environment, in TRL configuration ``name``; its result
     is the last stdout line (rank 0's alone: transformers prints its own summary line before it)."""
     rc = cfg.rollout
-    cmd = [python, str(Path(__file__).with_name("trl_grpo.py")), "--steps", str(args.trl_steps),
+    from_file = ["--config", str(args.config), *(f"--set={s}" for s in args.sets)] if args.config else []
+    cmd = [python, str(Path(__file__).with_name("trl_grpo.py")), *from_file, "--steps", str(args.trl_steps),
            "--prompts", str(rc.prompts_per_step), "--group", str(rc.group_size), "--max-new-tokens",
            str(rc.max_new_tokens), "--minibatches", str(cfg.learner.num_minibatches),
            *(a for k, v in TRL_CONFIGS[name].items() for a in (f"--{k}", str(v)))]
@@ -102,6 +109,7 @@ def main(argv=None) -> dict:
                    help="override our job's config, e.g. learner.lambda_attn=0 (TRL gets the same shapes)")
     p.add_argument("--name", default="rl_loop", help="result file bench/results/<name>.json (and .png)")
     p.add_argument("--quick", action="store_true", help="2 rounds of 3-step blocks")
+    p.add_argument("--config", default=None, help="a job config (YAML) instead of the tiny setup; TRL runs it too")
     args = p.parse_args(argv)
     if args.quick:
         args.repeats, args.steps, args.trl_steps = 2, 3, 8
@@ -111,7 +119,15 @@ def main(argv=None) -> dict:
 
     from ral_dist.actors.controller import Controller
 
-    cfg = common.tiny_config(args.sets)
+    if args.config:
+        from ral_dist.config import RLJobConfig, load_config
+        from ral_dist.driver import resolve_student
+
+        # as the tiny setup: no checkpoint or heatmap inside a measured step (--set still wins)
+        quiet = ["run.checkpoint_every=10000", "run.heatmap_every=10000", "run.heatmap_prompts=0"]
+        cfg = resolve_student(load_config(RLJobConfig, args.config, quiet + args.sets), common.ROOT)
+    else:
+        cfg = common.tiny_config(args.sets)
     train = common.train_samples(cfg, cfg.data.sizes["train"])
     ray = common.start_ray()
     blocks: list[dict] = []
@@ -182,7 +198,7 @@ def main(argv=None) -> dict:
                [t / o for o, t in zip(ours_cpu["sync"], trl_cpu[c], strict=True)])
     sync_bytes = blocks[0]["steps"][0]["sync_bytes"]
     result = {
-        "setup": {"model": "tiny random Qwen2.5-VL", "prompts": cfg.rollout.prompts_per_step,
+        "setup": {"model": cfg.model.checkpoint or "tiny random Qwen2.5-VL", "config": args.config, "prompts": cfg.rollout.prompts_per_step,
                   "group": cfg.rollout.group_size, "max_new_tokens": cfg.rollout.max_new_tokens,
                   "minibatches": cfg.learner.num_minibatches, "zero_stage": cfg.learner.zero_stage,
                   "lambda_attn": cfg.learner.lambda_attn, "learner_ranks": cfg.learner.num_ranks,
