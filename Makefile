@@ -71,14 +71,17 @@ dashboards: setup
 # Every CPU benchmark (bench/results/*.json + PNG; the summary table goes into bench/RESULTS.md by hand).
 # BENCH_ARGS=--quick for a smoke run. The TRL comparison needs .venv-bench (setup-bench).
 BENCH_ARGS ?=
-bench: setup setup-bench
+bench: setup setup-bench small-real
 	$(PY) bench/attention_capture.py
 	$(PY) bench/rollout_capture.py $(BENCH_ARGS)
-	$(PY) bench/learner_step.py $(BENCH_ARGS)
+	$(PY) bench/learner_step.py --repeats 9 $(BENCH_ARGS)
 	$(PY) bench/learner_step.py --zero-stage 2 $(BENCH_ARGS)
+	$(PY) bench/prompt_sharing.py --repeats 9 $(BENCH_ARGS)
 	$(PY) bench/rollout_scaling.py $(BENCH_ARGS)
-	$(PY) bench/rl_loop.py --trl-python $(BENCH_PY) $(BENCH_ARGS)
+	$(PY) bench/rl_loop.py --repeats 7 --trl-python $(BENCH_PY) $(BENCH_ARGS)
 	$(PY) bench/rl_loop.py --trl-python $(BENCH_PY) --set learner.lambda_attn=0 --name rl_loop_grpo $(BENCH_ARGS)
+	$(PY) bench/real_size.py $(BENCH_ARGS)
+	$(PY) bench/rl_loop.py --config jobs/configs/small_real_cpu.yaml --trl-python $(BENCH_PY) --name rl_loop_135m $(BENCH_ARGS)
 	$(PY) bench/summary.py
 
 # The small-scale reproduction (RAL vs GRPO, KD vs KD + attention; seeds x variants of real jobs, hours on 2 cores).

@@ -84,7 +84,7 @@ def interleave(variants: dict[str, Callable[[], object]], repeats: int, warmup: 
 def figure(name: str, ratios: dict, goal: str | None = None) -> dict:
     """A figure row from a `spread` of ratios."""
     return {"figure": name, "value": ratios["median"], "min": ratios["min"], "max": ratios["max"],
-            "q1": ratios["q1"], "q3": ratios["q3"], "goal": goal}
+            "q1": ratios["q1"], "q3": ratios["q3"], "n": ratios["n"], "goal": goal}
 
 
 def spread(values: list[float]) -> dict:

@@ -8,7 +8,8 @@ A GRPO batch holds each prompt G times and the prompt is most of each sequence (
             prefill per sample (``share_prompts=False``); same seed, so the same tokens
   learner   a RAL learner step (64 trajectories, 4 mini-batches, ZeRO 0) whose mini-batches hold whole prompts and
             run each once (`learner.minibatch_grouping: prompt`, the default) / one that draws mini-batches by
-            trajectory and runs every sequence whole (``minibatch_grouping: none``, sharing off: the learner before)
+            trajectory and runs every sequence whole (``minibatch_grouping: none``, sharing off: the learner before);
+            every call is step 0, which also measures the attention term's gradient norm (a second backward), in both
 
 Both ratios are of CPU time (blind to time descheduled on a shared machine) and of wall time.
 

@@ -17,7 +17,7 @@ median of the per-round ratios, min–max beside it):
      ral_norm (lambda_attn 1, the attention term's grad norm measured), ral (lambda_attn 1, not measured) and grpo
      (lambda_attn 0: no attention rows anywhere, its trajectories stripped of theirs as a GRPO rollout sends them).
      "At the default" is 9 ral + 1 ral_norm per 10 steps (``learner.attn_grad_norm_every``). Goal <= 1.15.
-  3  weight sync: the job's path in-process: learner rank 0's ``state_dict()`` (a clone of every tensor), then the
+  3  weight sync: the job's path in-process: learner rank 0's ``state_dict()`` (a clone of every distinct tensor), then the
      worker's ``update_weights`` (``load_state_dict`` and, with ``run.verify_sync``, two digests). Left out: the
      object-store hop (Ray serialising the state into the object store on the learner side and deserialising
      it in each worker), rank 1's own ``state_dict()`` and the second worker loading beside the first. Seconds
@@ -289,7 +289,7 @@ def main(argv=None) -> dict:
         F("2 learner step RAL / GRPO, no grad norm (CPU time)", R(cpu["ral"], cpu["grpo"]), GOALS["learner"]),
         F("2 learner step RAL / GRPO, grad norm every step (CPU time)", R(cpu["ral_norm"], cpu["grpo"])),
         F("3 weight sync GB per worker (as the job's sync_bytes: each parameter once)", S([gigabytes(job_bytes)])),
-        F("3 weight sync GB per worker (in the state dict: the tied embedding twice)", S([gigabytes(state_bytes)])),
+        F("3 weight sync GB, the state dict counted name by name (the tied embedding twice; it travels once)", S([gigabytes(state_bytes)])),
         F("3 weight sync s (in-process)", S(times["sync"])),
         F("3 weight sync / copy_ of as many bytes", R(times["sync"], times["copy"])),
         F("3 weight sync share of the step (in-process estimate)", R(times["sync"], step_estimate),

@@ -29,11 +29,16 @@ def test_goals_and_result_file(tmp_path, monkeypatch):
     monkeypatch.setattr(common, "RESULTS", tmp_path)
     monkeypatch.setattr(summary.common, "RESULTS", tmp_path)
     common.write_result("rollout_scaling", {"figures": [
-        {"figure": "speedup", "value": 1.25, "min": 0.5, "max": 1.9, "goal": ">= 1.7"},
-        {"figure": "seconds", "value": 0.004, "min": 0.003, "max": 0.005, "goal": None}]})
+        {"figure": "speedup", "value": 1.25, "min": 0.5, "max": 1.9, "n": 21, "goal": ">= 1.7"},
+        {"figure": "seconds", "value": 0.004, "min": 0.003, "max": 0.005, "goal": None}],
+        "environment": {"load_avg_1m_at_end": 1.04}})
+    common.write_result("real_size", {"figures": [{"figure": "sync share", "value": 0.02, "min": 0.01, "max": 0.03,
+                                                   "n": 4, "goal": "<= 0.05"}]})
     saved = json.loads((tmp_path / "rollout_scaling.json").read_text())
     assert [f.get("met") for f in saved["figures"]] == [False, None]
     assert summary.main() == 0
     table = (tmp_path / "systems_summary.md").read_text().splitlines()
-    assert table[2] == "| speedup | 1.25 [0.5–1.9] | >= 1.7 | **no** | `python bench/rollout_scaling.py` |"
-    assert table[3] == "| seconds | 0.004 [0.003–0.005] | — | — | `python bench/rollout_scaling.py` |"
+    assert table[0].startswith("### tiny random Qwen2.5-VL") and table[-5].startswith("### SmolLM2-135M")
+    assert table[4] == "| speedup | 1.25 [0.5–1.9] | 21 | >= 1.7 | **no** | 1.0 | `python bench/rollout_scaling.py` |"
+    assert table[5] == "| seconds | 0.004 [0.003–0.005] | — | — | — | 1.0 | `python bench/rollout_scaling.py` |"
+    assert table[-1] == "| sync share | 0.02 [0.01–0.03] | 4 | <= 0.05 | yes | — | `python bench/real_size.py` |"

@@ -42,6 +42,8 @@ def test_shared_prompt_pass_equals_the_full_forward(prompts, family, alignment):
     batch = adapter.encode(processor, rows)
     shared = share_prompts(adapter, processor, batch, rows, keys)
     assert shared.prompts.inputs["input_ids"].shape == (len(prompts), batch.prompt_len)
+    moved = shared.to(torch.device("meta"))  # what a GPU learner does with its batch: every tensor moves
+    assert moved.index.is_meta and moved.first_row.is_meta and moved.prompts.inputs["input_ids"].is_meta
     assert len(set(batch.inputs["attention_mask"].sum(1).tolist())) == 2  # two prompt lengths: real left padding
 
     banned = adapter.banned_token_ids(processor)

@@ -20,6 +20,7 @@ samples, then transformers' ``generate`` goes on from it (its first pass feeds e
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
@@ -39,10 +40,8 @@ class SharedPrompts:
 
     def to(self, device: torch.device) -> SharedPrompts:
         inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in self.prompts.inputs.items()}
-        return SharedPrompts(PromptBatch(inputs, self.prompts.visual_positions, self.prompts.question_positions,
-                                         self.prompts.visual_grids, self.prompts.prompt_texts,
-                                         self.prompts.frame_counts),
-                             self.index.to(device), self.first_row.to(device))
+        return SharedPrompts(dataclasses.replace(self.prompts, inputs=inputs), self.index.to(device),
+                             self.first_row.to(device))
 
 
 def distinct(keys: Sequence[Hashable]) -> tuple[list[int], list[int]]:
