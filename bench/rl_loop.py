@@ -88,7 +88,7 @@ def run_trl(python: str, args, cfg, name: str) -> dict:
                          preexec_fn=lambda: os.nice(args.trl_nice))
     if out.returncode:
         raise SystemExit(f"TRL run failed ({' '.join(cmd)}):\n{out.stderr[-3000:]}")
-    return {"config": name, **json.loads(out.stdout.strip().splitlines()[-1])}
+    return {**json.loads(out.stdout.strip().splitlines()[-1]), "config": name}
 
 
 def main(argv=None) -> dict:

@@ -266,7 +266,7 @@ def main(argv=None) -> dict:
               "samples_per_s": n_samples / (ends[-1] - ends[k - 1]),
               "cpu_s_per_sample": (cpu_ends[-1] - cpu_ends[k - 1]) / n_samples,
               "cpu_s_by_rank": own_cpu, "cpu_processes": len(root.children(recursive=True)) + 1,
-              "wall_s": wall, "loss_type": config.loss_type, "checkpoint": str(ckpt), "config": args.config,
+              "wall_s": wall, "loss_type": config.loss_type, "checkpoint": str(ckpt), "job_config": args.config,
               "overrides": args.sets, "family": adapter.family, "dtype": str(trainer.model.dtype),
               "freeze_vision": cfg.model.freeze_vision, "max_new_tokens": args.max_new_tokens,
               "eos_token_ids": eos_ids, "prompt_ids_equal_ours": True,  # asserted above
