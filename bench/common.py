@@ -81,6 +81,22 @@ def interleave(variants: dict[str, Callable[[], object]], repeats: int, warmup: 
     return times
 
 
+def tree_cpu_seconds(root=None) -> float:
+    """CPU seconds (user + system, every thread) so far of ``root`` (a psutil.Process; default this one) and all its
+    descendants: a Ray driver's private cluster, or an accelerate launcher's ranks."""
+    import psutil
+
+    root = root or psutil.Process()
+    total = 0.0
+    for proc in [root, *root.children(recursive=True)]:
+        try:
+            t = proc.cpu_times()
+            total += t.user + t.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
 def figure(name: str, ratios: dict, goal: str | None = None) -> dict:
     """A figure row from a `spread` of ratios."""
     return {"figure": name, "value": ratios["median"], "min": ratios["min"], "max": ratios["max"],

@@ -49,7 +49,6 @@ import tempfile
 from pathlib import Path
 
 import common
-import psutil
 
 from ral_dist.runtime.run_dir import RunDir
 
@@ -64,15 +63,7 @@ class ClockedRunDir(RunDir):
 
     def append_metrics(self, record: dict) -> None:
         super().append_metrics(record)
-        me = psutil.Process()
-        cpu = 0.0
-        for proc in [me, *me.children(recursive=True)]:
-            try:
-                t = proc.cpu_times()
-                cpu += t.user + t.system
-            except psutil.NoSuchProcess:
-                pass
-        record["cpu_at_end"] = cpu  # the controller keeps this same dict in the history it returns
+        record["cpu_at_end"] = common.tree_cpu_seconds()  # the controller keeps this dict in the history it returns
 
 
 def run_trl(python: str, args, cfg, name: str) -> dict:

@@ -221,22 +221,12 @@ def main(argv=None) -> dict:
     own_cpu_ends: list[float] = []  # this process's own, on every rank
     root = psutil.Process().parent() if args.processes > 1 else psutil.Process()
 
-    def tree_cpu() -> float:
-        total = 0.0
-        for proc in [root, *root.children(recursive=True)]:
-            try:
-                t = proc.cpu_times()
-                total += t.user + t.system
-            except psutil.NoSuchProcess:
-                pass
-        return total
-
     class StepClock(TrainerCallback):
         def on_step_end(self, *_, **__):
             ends.append(time.perf_counter())
             own_cpu_ends.append(time.process_time())
             if rank0:
-                cpu_ends.append(tree_cpu() if args.processes > 1 else own_cpu_ends[-1])
+                cpu_ends.append(common.tree_cpu_seconds(root) if args.processes > 1 else own_cpu_ends[-1])
 
     trainer = trl.GRPOTrainer(model=str(ckpt), reward_funcs=[task_reward, format_reward], args=config,
                               train_dataset=data, processing_class=processor, callbacks=[StepClock()])
