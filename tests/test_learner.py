@@ -86,7 +86,7 @@ def test_lambda_zero_is_plain_grpo(port, trajectories, advantages):
     adapter, model, processor = build_policy("qwen2_5_vl", None, {}, seed=SEED)
     model.train()
     ref = copy.deepcopy(model).eval().requires_grad_(False)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=wd)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=wd, fused=True)  # as init_engine
     batch = learner_batch(adapter, processor, trajectories, advantages, DataConfig(prompt={"mode": MODE}))
     pad = processor.tokenizer.pad_token_id
     norms = []

@@ -67,7 +67,7 @@ def test_tis_update_equals_the_hand_weighted_update(port, sampled):
     # the same two updates by hand: old log-probs recomputed by the initial weights, w = min(exp(old - rollout), C)
     adapter, model, processor = build_policy("qwen2_5_vl", None, {}, seed=SEED)
     model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=WD)
+    opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=WD, fused=True)  # as init_engine
     pad = processor.tokenizer.pad_token_id
     batches = [learner_batch(adapter, processor, [trajectories[i] for i in mb], [advantages[i] for i in mb], DataConfig(prompt={"mode": MODE}),
                              share=True)

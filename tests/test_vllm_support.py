@@ -367,15 +367,15 @@ def test_digests_match_across_summation_orders_and_catch_any_changed_weight():
     state = {"w": (0.02 * torch.randn(300, 70, generator=gen)).to(torch.bfloat16), "b": torch.randn(70, generator=gen)}
     reference = wd.state_digest(state.items())
     # the same values held in fp32 (an exact upcast) and reduced in other chunks and thread counts: equal
-    threads = torch.get_num_threads()
+    threads, chunks = torch.get_num_threads(), dict(wd.CHUNK)
     try:
         torch.set_num_threads(1)
-        wd.CHUNK = wd.WEIGHT_CYCLE * 5
+        wd.CHUNK["cpu"] = wd.WEIGHT_CYCLE * 5
         wd._weights_of_size.cache_clear()
         held = wd.state_digest((k, v.float()) for k, v in state.items())
     finally:
         torch.set_num_threads(threads)
-        wd.CHUNK = wd.WEIGHT_CYCLE << 18
+        wd.CHUNK.update(chunks)
         wd._weights_of_size.cache_clear()
     assert wd.digest_mismatches(reference, held, "replica") == []
     # one bf16 element moved by one step of its own precision is caught, and so is a transposed or NaN tensor

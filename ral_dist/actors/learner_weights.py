@@ -25,7 +25,9 @@ class LearnerWeights:
     def state_dict(self) -> WireState | None:
         """Full weights (HF names) on rank 0, None elsewhere; zero-copy through Ray's object store (`WireState`).
         Collective under ZeRO-3: call on every rank."""
-        state = full_state_dict(self.ds_engine)
+        # not copied here: Ray copies the returned tensors into its object store as this call returns, before the
+        # actor runs its next update
+        state = full_state_dict(self.ds_engine, copy=False)
         if self.rank != 0:
             return None
         return WireState({k: v.detach().cpu() for k, v in state.items()})
