@@ -17,10 +17,11 @@ median of the per-round ratios, min–max beside it):
      ral_norm (lambda_attn 1, the attention term's grad norm measured), ral (lambda_attn 1, not measured) and grpo
      (lambda_attn 0: no attention rows anywhere, its trajectories stripped of theirs as a GRPO rollout sends them).
      "At the default" is 9 ral + 1 ral_norm per 10 steps (``learner.attn_grad_norm_every``). Goal <= 1.15.
-  3  weight sync: the job's path in-process: learner rank 0's ``state_dict()`` (a clone of every distinct tensor), then the
-     worker's ``update_weights`` (``load_state_dict`` and, with ``run.verify_sync``, two digests). Left out: the
-     object-store hop (Ray serialising the state into the object store on the learner side and deserialising
-     it in each worker), rank 1's own ``state_dict()`` and the second worker loading beside the first. Seconds
+  3  weight sync: the job's path in-process: learner rank 0's ``state_dict()`` (the live weights as a `WireState`)
+     and the one copy Ray's object store makes of it (a pickle-5 round trip here), then the worker's
+     ``update_weights`` (on the CPU the model takes the handed tensors: no copy; with ``run.verify_sync`` one digest,
+     the held tensors being the handed ones). Left out: Ray's own bookkeeping of the object, rank 1's own
+     ``state_dict()`` and the second worker loading beside the first. Seconds
      and bytes per step; its share of an estimated sync-mode step (rollout with maps + learner at the default +
      sync of the same round); and against the memory-bandwidth floor, one ``Tensor.copy_`` of as many bytes.
      ``--job-steps`` also runs the job itself first (a private Ray cluster: 2 workers, 2 ranks; run before this
@@ -44,6 +45,7 @@ import argparse
 import dataclasses
 import gc
 import json
+import pickle
 import resource
 import statistics
 import subprocess
@@ -205,7 +207,7 @@ def in_process(cfg: RLJobConfig, worker: RolloutWorker, samples: list, trajs: li
 
     def sync():
         t0 = time.perf_counter()
-        state = learners["ral"].state_dict()
+        state = pickle.loads(pickle.dumps(learners["ral"].state_dict(), protocol=5))  # the object store's copy
         t1 = time.perf_counter()
         step["sync"] += 1
         worker.update_weights(step["sync"], state)

@@ -63,11 +63,11 @@ def test_the_hf_engine_checks_what_it_holds_against_what_it_was_handed(worker):
     name = next(iter(worker.model.state_dict()))
     load = worker.model.load_state_dict
 
-    def faulty_load(state, strict=True):
+    def faulty_load(state, strict=True, assign=False):
         state = dict(state)
         state[name] = state[name].clone()
         state[name].view(-1)[0] += 1e-3
-        return load(state, strict=strict)
+        return load(state, strict=strict, assign=assign)
 
     worker.model.load_state_dict = faulty_load
     try:

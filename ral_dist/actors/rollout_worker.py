@@ -30,6 +30,7 @@ from ral_dist.evaluation.answer_heatmaps import render
 from ral_dist.evaluation.validation import generation_rows, greedy_rows
 from ral_dist.messages import ChunkAccounting, SkippedPrompt, Trajectory, chunk_offset, split_shards
 from ral_dist.messages.collate import trajectories_from_generation
+from ral_dist.messages.weights import load_weights
 from ral_dist.models import adapter_for_checkpoint, build_policy
 from ral_dist.models.capture import use_capture_attention
 from ral_dist.models.generation import generate
@@ -113,11 +114,12 @@ class RolloutWorker:
         ``state_dict`` is None when no model here holds a copy."""
         check = self._new_check(version) if self.cfg.run.verify_sync else None
         if self.model is not None:
-            self.model.load_state_dict(state_dict, strict=True)
+            load_weights(self.model, state_dict)  # on the CPU: the handed tensors themselves, no copy
+        reduced: dict = {}  # a tensor the model holds where it was handed is digested once
         if check is not None and self.plan.broadcast is None:
-            check.reference = self._digest(check, state_dict.items())  # the learner's weights as handed
+            check.reference = self._digest(check, state_dict.items(), reduced)  # the learner's weights as handed
         if check is not None and self.placement.scores:
-            check.held[self._model_name] = self._digest(check, self.model.state_dict().items())
+            check.held[self._model_name] = self._digest(check, self.model.state_dict().items(), reduced)
         if self.vllm_engine is not None:
             held, seconds = self.vllm_engine.load_state_dict(version, state_dict)  # bytes: bounded, retried
             if check is not None:
@@ -137,9 +139,9 @@ class RolloutWorker:
         return SyncCheck(version, holders)
 
     @staticmethod
-    def _digest(check: SyncCheck, items) -> dict:
+    def _digest(check: SyncCheck, items, reduced: dict) -> dict:
         t0 = time.perf_counter()
-        digest = state_digest(items)
+        digest = state_digest(items, reduced)
         check.seconds += time.perf_counter() - t0
         return digest
 

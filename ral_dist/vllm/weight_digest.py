@@ -67,10 +67,11 @@ def tensor_digest(t: torch.Tensor) -> tuple[float, float, float]:
     return (s, a, w)
 
 
-def state_digest(items: Iterable[tuple[str, torch.Tensor]]) -> Digest:
-    """The digest of (name, tensor) pairs, each reduced on its own device (one transfer of the results per device)."""
+def state_digest(items: Iterable[tuple[str, torch.Tensor]], done: dict | None = None) -> Digest:
+    """The digest of (name, tensor) pairs, each reduced on its own device (one transfer of the results per device).
+    ``done``: the reductions of an earlier call to share (a tensor held where it was handed is reduced once)."""
     by_device: dict[torch.device, list[tuple[str, torch.Tensor]]] = {}
-    done: dict = {}  # a tied tensor under several names is reduced once
+    done = {} if done is None else done  # a tied tensor under several names is reduced once
     for name, t in items:
         key = (t.device, t.data_ptr(), t.dtype, tuple(t.shape), t.stride())
         if key not in done:
