@@ -81,7 +81,7 @@ bench: setup setup-bench small-real
 	$(PY) bench/rl_loop.py --repeats 7 --trl-python $(BENCH_PY) $(BENCH_ARGS)
 	$(PY) bench/rl_loop.py --trl-python $(BENCH_PY) --set learner.lambda_attn=0 --name rl_loop_grpo $(BENCH_ARGS)
 	$(PY) bench/real_size.py $(BENCH_ARGS)
-	$(PY) bench/rl_loop.py --config jobs/configs/small_real_cpu.yaml --repeats 3 --steps 4 --trl-steps 6 \
+	$(PY) bench/rl_loop.py --config jobs/configs/small_real_cpu.yaml --repeats 7 --steps 5 --trl-steps 6 \
 		--trl-configs 2threads ddp2 --trl-python $(BENCH_PY) --name rl_loop_135m $(BENCH_ARGS)
 	$(PY) bench/summary.py
 
