@@ -18,7 +18,7 @@ median of the per-round ratios, min–max beside it):
      (lambda_attn 0: no attention rows anywhere, its trajectories stripped of theirs as a GRPO rollout sends them).
      "At the default" is 9 ral + 1 ral_norm per 10 steps (``learner.attn_grad_norm_every``). Goal <= 1.15.
   3  weight sync: the job's path in-process: learner rank 0's ``state_dict()`` (the live weights as a `WireState`)
-     and the one copy Ray's object store makes of it (a pickle-5 round trip here), then the worker's
+     and the one copy Ray's object store makes of it (pickle 5 out of band, each buffer copied once), then the worker's
      ``update_weights`` (on the CPU the model takes the handed tensors: no copy; with ``run.verify_sync`` one digest,
      the held tensors being the handed ones). Left out: Ray's own bookkeeping of the object, rank 1's own
      ``state_dict()`` and the second worker loading beside the first. Seconds
@@ -199,6 +199,13 @@ def in_process(cfg: RLJobConfig, worker: RolloutWorker, samples: list, trajs: li
         gen_log["plain"].append((int(eos_mask(ids, eos).sum()), time.perf_counter() - t0))
         step["rollout"] += 1  # the last rollout variant of the round: the next round samples new tokens
 
+    def through_store(wire):
+        # what Ray does with a WireState: pickle 5 with its tensors' bytes out of band, each copied once into the
+        # store, and unpickled as views of that copy
+        buffers: list = []
+        stream = pickle.dumps(wire, protocol=5, buffer_callback=buffers.append)
+        return pickle.loads(stream, buffers=[bytearray(b.raw()) for b in buffers])
+
     def train(name):
         def run():
             learners[name].train_step(step[name], inputs[name], advantages)
@@ -207,7 +214,7 @@ def in_process(cfg: RLJobConfig, worker: RolloutWorker, samples: list, trajs: li
 
     def sync():
         t0 = time.perf_counter()
-        state = pickle.loads(pickle.dumps(learners["ral"].state_dict(), protocol=5))  # the object store's copy
+        state = through_store(learners["ral"].state_dict())
         t1 = time.perf_counter()
         step["sync"] += 1
         worker.update_weights(step["sync"], state)
