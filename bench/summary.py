@@ -26,7 +26,7 @@ SOURCES = {
     },
     "SmolLM2-135M-Instruct in SmolVLM's architecture (fp32; jobs/configs/small_real_cpu.yaml: 2 prompts × G 4, "
     "24 new tokens)": {
-        "rl_loop_135m": "python bench/rl_loop.py --config jobs/configs/small_real_cpu.yaml --repeats 2 --steps 4 "
+        "rl_loop_135m": "python bench/rl_loop.py --config jobs/configs/small_real_cpu.yaml --repeats 7 --steps 5 "
                         "--trl-steps 6 --trl-configs 2threads ddp2 --name rl_loop_135m",
         "real_size": "python bench/real_size.py",
     },

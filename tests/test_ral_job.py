@@ -9,6 +9,8 @@ from pathlib import Path
 import yaml
 from tiny_job import TINY_JOB
 
+from ral_dist.runtime.environment import ALLOCATOR_ENV
+
 ROOT = Path(__file__).resolve().parents[1]
 
 JOB_CONFIG = TINY_JOB
@@ -60,6 +62,8 @@ def test_tiny_job_through_ray_job_submit_then_resume(ray_head, tmp_path):
     for start in starts:
         for role in ("driver", "learner", "rollout"):
             assert start[role]["numerics_env"]["ATEN_CPU_CAPABILITY"] == "avx2", (role, start[role])
+            if role != "driver":  # every Ray worker keeps the memory it frees (ALLOCATOR_ENV)
+                assert start[role]["allocator_env"] == ALLOCATOR_ENV, (role, start[role])
             assert start[role]["torch"]["cpu_capability"] in ("AVX2", "DEFAULT") and start[role]["libraries"]["torch"]
         assert start["start_weights"] is None and start["code"]["commit"]  # a tiny random model; this checkout
 

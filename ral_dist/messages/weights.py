@@ -2,10 +2,10 @@
 
 Pickled as it is, a dict of tensors is copied into a pickle stream by the learner and out of it again by each
 worker. `WireState` sends each distinct tensor's bytes as a uint8 numpy view instead, which pickle 5 hands to Ray
-out of band: one copy into the store, none out of it (the worker's tensors are read-only views of the stored bytes,
-and ``load_state_dict`` copies them into its own parameters). A tied tensor (SmolLM2's embedding is its LM head)
-goes once, its other names pointing at it again on arrival. `load_weights` lets a CPU model keep those views as its
-weights: no copy at all, and one copy of the policy in the node's object store for all its rollout workers.
+out of band: one copy into the store, none out of it (the worker's tensors are read-only views of the stored
+bytes). A tied tensor (SmolLM2's embedding is its LM head) goes once, its other names pointing at it again on
+arrival. `load_weights` lets a CPU model keep those views as its weights: no copy at all, and one copy of the policy
+in the node's object store for all its rollout workers.
 """
 
 from __future__ import annotations

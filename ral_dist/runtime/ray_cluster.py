@@ -8,18 +8,12 @@ import time
 import ray
 
 from ral_dist.paths import torch_extensions_dir
-from ral_dist.runtime.environment import numerics_env
+from ral_dist.runtime.environment import ALLOCATOR_ENV, numerics_env
 
 # Environment every Ray worker of ours needs (no DeepSpeed op builds, the cached JIT ops, no usage reporting). Never
 # DS_ACCELERATOR: each actor decides it from its own device (ral_dist.runtime.devices).
 WORKER_ENV_KEYS = ("DS_BUILD_OPS", "TORCH_EXTENSIONS_DIR", "RAL_DIST_CACHE", "RAY_USAGE_STATS_ENABLED")
 
-
-# glibc gives every tensor of 32 MB or more fresh pages from the kernel and hands them back when it is freed, so
-# each step's gradient buckets (DeepSpeed flattens all gradients into one), activations and weight copies fault in
-# anew: 22 % of a 135M CPU learner step on 2 cores. Serve such tensors from the process's heap and keep what is freed
-# there (as jemalloc or tcmalloc would): each process then holds on to its peak memory.
-ALLOCATOR_ENV = {"MALLOC_MMAP_THRESHOLD_": str(1 << 32), "MALLOC_TRIM_THRESHOLD_": str(1 << 36)}
 
 NAMESPACE = "ral_dist"  # the job's named actors (ral-<run>-<role>-<i>) live here
 
